@@ -1,0 +1,3 @@
+from rabbitworker.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""The ``rabbitworker-host`` command.
+
+Exit codes: 0 clean stop, 1 unexpected error, 2 usage error, 3 a plugin or the
+configuration is at fault, 4 the broker cannot be reached or disagrees with the topology.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+from loguru import logger
+from pydantic import ValidationError
+
+from rabbitworker.errors import (
+    BrokerConnectionError,
+    PluginError,
+    RabbitworkerError,
+    TopologyConflictError,
+)
+from rabbitworker.logs import secret_forms, setup_logging
+from rabbitworker.plugins import HostPlugins, QueueRegistration, iter_plugin_rows
+from rabbitworker.settings import HostSettings, url_password
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 3
+EXIT_BROKER = 4
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    logger.error(message)
+    sys.exit(code)
+
+
+def _settings() -> HostSettings:
+    try:
+        settings = HostSettings()
+    except ValidationError as exc:
+        setup_logging()
+        _fail(f"invalid RABBITWORKER_* setting: {exc}", EXIT_CONFIG)
+    setup_logging(settings.log_level, secrets=secret_forms(url_password(settings.amqp_url)))
+    return settings
+
+
+def _guarded(action: Callable[[], Any]) -> Any:
+    """Turn rabbitworker errors into one clear log line and a documented exit code."""
+    try:
+        return action()
+    except PluginError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    except TopologyConflictError as exc:
+        _fail(f"topology conflict: {exc}", EXIT_BROKER if "broker" in str(exc) else EXIT_CONFIG)
+    except BrokerConnectionError as exc:
+        _fail(str(exc), EXIT_BROKER)
+    except RabbitworkerError as exc:
+        _fail(str(exc), EXIT_ERROR)
+
+
+def _load(settings: HostSettings) -> tuple[HostPlugins, list[QueueRegistration]]:
+    plugins = HostPlugins.load(settings)
+    return plugins, plugins.collect_queues()
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rabbitworker-host")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Run the RabbitMQ workers of every installed rabbitworker plugin.
+
+    With no command, runs the host (same as `rabbitworker-host run`). Plugins are the
+    installed distributions with a `rabbitworker.queues` entry point. Settings come from
+    RABBITWORKER_* environment variables, e.g. RABBITWORKER_AMQP_URL.
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+@main.command()
+def run() -> None:
+    """Declare every plugin's queues and consume them until SIGTERM or SIGINT.
+
+    On the first signal the host stops taking messages, lets the ones in flight finish
+    (RABBITWORKER_SHUTDOWN_TIMEOUT, 30 s by default) and exits 0; a second signal stops
+    at once. Unfinished messages stay unacknowledged and are delivered again.
+    """
+    settings = _settings()
+
+    def start() -> None:
+        from rabbitworker.host import WorkerHost
+
+        plugins, registrations = _load(settings)
+        for plugin in plugins.plugins:
+            logger.info("plugin {}", plugin.describe())
+        if not registrations:
+            raise PluginError(
+                plugins.plugins[0],
+                "no plugin contributes a queue. Install one (pip install ./plugins/reports) or "
+                "name a module with RABBITWORKER_PLUGINS.",
+            )
+        for registration in registrations:
+            config = registration.config
+            logger.info(
+                "[{}] queue configured: routing key {!r}, prefetch {}, handlers {}",
+                config.name, config.routing_key, config.prefetch_count, ", ".join(config.tasks),
+            )
+        host = WorkerHost(settings, plugins, registrations)
+        logger.info("rabbitworker-host starting on {}", settings.masked_amqp_url)
+        asyncio.run(host.run())
+
+    _guarded(start)
+    if any(t.name.startswith("rabbitworker-handler") for t in threading.enumerate()):
+        # A plain `def` handler still running in a thread cannot be cancelled; its message
+        # is unacknowledged already, so exit without waiting for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the queues as JSON on stdout (logs still go to stderr).")
+def queues(as_json: bool) -> None:
+    """List every installed plugin's queues, without connecting to the broker."""
+    settings = _settings()
+    _, registrations = _guarded(lambda: _load(settings))
+    rows = iter_plugin_rows(registrations)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="rabbitworker queues")
+    for column in ("queue", "routing key", "exchange", "prefetch", "DLX → DLQ", "tasks", "plugin"):
+        table.add_column(column)
+    for row in rows:
+        plugin = row["plugin"]
+        dist = f"{plugin['distribution']} {plugin['version'] or ''}".strip() \
+            if plugin["distribution"] else "-"
+        table.add_row(
+            row["queue"], row["routing_key"], row["exchange"], str(row["prefetch_count"]),
+            f"{row['dlx']} → {row['dlq']}", ", ".join(row["tasks"]),
+            f"{plugin['name']} ({dist})",
+        )
+    Console(width=160).print(table)

@@ -1,0 +1,122 @@
+"""The errors rabbitworker raises. Each message says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RabbitworkerError(Exception):
+    """Base class of every error raised by rabbitworker."""
+
+
+class InvalidQueueConfigError(ValueError, RabbitworkerError):
+    """A :class:`~rabbitworker.QueueConfig` field has a value the host cannot use."""
+
+    def __init__(self, field: str, problem: str, queue: str | None = None) -> None:
+        self.field = field
+        self.problem = problem
+        self.queue = queue
+        where = f"QueueConfig {queue!r}" if queue else "QueueConfig"
+        super().__init__(f"{where}: field {field!r} {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """Who contributed something: an entry point and the distribution that ships it."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    module: str | None = None
+
+    def describe(self) -> str:
+        """``'reports' (rabbitworker-reports 0.1.0)``: how errors and logs name a plugin."""
+        if self.distribution:
+            dist = self.distribution + (f" {self.version}" if self.version else "")
+            return f"{self.name!r} ({dist})"
+        module = self.module or self.name
+        return f"{self.name!r} (module {module}, not from an installed distribution)"
+
+
+class PluginError(RabbitworkerError):
+    """A plugin could not be used. The message names the plugin and the cause."""
+
+    def __init__(self, plugin: PluginInfo, message: str) -> None:
+        self.plugin = plugin
+        super().__init__(message)
+
+
+class PluginLoadError(PluginError):
+    """A plugin's entry point failed to import."""
+
+    def __init__(self, plugin: PluginInfo, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(
+            plugin,
+            f"plugin {plugin.describe()} failed to import: {type(cause).__name__}: {cause}. "
+            "Fix or reinstall it, or uninstall it "
+            f"(pip uninstall {plugin.distribution or plugin.name}), "
+            "or skip it with RABBITWORKER_DISABLED_PLUGINS="
+            f"{plugin.name}.",
+        )
+
+
+class PluginHookError(PluginError):
+    """A plugin's hook raised or returned something the host cannot use."""
+
+    def __init__(self, plugin: PluginInfo, hook: str, cause: BaseException | str) -> None:
+        self.hook = hook
+        self.cause = cause
+        what = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        super().__init__(
+            plugin,
+            f"plugin {plugin.describe()} failed in hook {hook}(): {what}. "
+            "Fix the plugin, or skip it with RABBITWORKER_DISABLED_PLUGINS="
+            f"{plugin.name}.",
+        )
+
+
+class DuplicateQueueError(PluginError):
+    """Two plugins (or one plugin twice) claim the same queue name."""
+
+    def __init__(self, queue: str, first: PluginInfo, second: PluginInfo) -> None:
+        self.queue = queue
+        self.first = first
+        self.second = second
+        owners = (
+            f"plugin {first.describe()} declares it twice"
+            if first == second
+            else f"claimed by plugin {first.describe()} and by plugin {second.describe()}"
+        )
+        super().__init__(
+            second,
+            f"queue {queue!r} is {owners}. Queue names must be unique: rename one of the "
+            "queues, or uninstall or disable one of the plugins "
+            "(RABBITWORKER_DISABLED_PLUGINS=<entry-point name>).",
+        )
+
+
+class TopologyConflictError(RabbitworkerError):
+    """Two queues ask for the same exchange with different settings."""
+
+
+class BrokerConnectionError(RabbitworkerError):
+    """The broker could not be reached."""
+
+
+class PublishError(RabbitworkerError):
+    """``publish_task`` could not hand the message to the broker."""
+
+
+class UnroutableMessageError(PublishError):
+    """The broker accepted the message but no queue is bound to receive it."""
+
+    def __init__(self, exchange: str, routing_key: str) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        super().__init__(
+            f"no queue is bound to exchange {exchange!r} with routing key {routing_key!r}, "
+            "so the message was returned instead of delivered. Check the routing key against "
+            "`rabbitworker-host queues`, and start rabbitworker-host once so it declares the "
+            "queues."
+        )

@@ -1,0 +1,91 @@
+"""The hooks a rabbitworker plugin may implement.
+
+A plugin is a module (or object) registered under the ``rabbitworker.queues`` entry-point
+group. It only has to implement :func:`rabbitworker_queues`; every other hook is optional.
+Hooks are called synchronously by pluggy; the lifecycle hooks may return an awaitable,
+which the host awaits.
+
+Hooks are grouped by phase: configuration, lifecycle, then per message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from rabbitworker.config import QueueConfig
+    from rabbitworker.events import Delivery, Outcome
+    from rabbitworker.settings import HostSettings
+
+PROJECT_NAME = "rabbitworker"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+@hookspec
+def rabbitworker_queues() -> Iterable[QueueConfig]:  # type: ignore[empty-body]
+    """Return the queues this plugin contributes.
+
+    :returns: an iterable (a list, a tuple, a generator) of :class:`rabbitworker.QueueConfig`.
+        Each queue name must be unique across all installed plugins; the host refuses to
+        start and names both plugins otherwise.
+
+    Called once at start-up, and by ``rabbitworker-host queues`` without any broker.
+    """
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+@hookspec
+def rabbitworker_startup(settings: HostSettings) -> Awaitable[None] | None:
+    """Open the plugin's own resources (HTTP client pools, database connections).
+
+    :param settings: the host's settings.
+    :returns: ``None`` or an awaitable, awaited before the first message is consumed.
+
+    A hook that raises stops the host before it consumes anything, with the plugin named.
+    """
+
+
+@hookspec
+def rabbitworker_shutdown(settings: HostSettings) -> Awaitable[None] | None:
+    """Close what :func:`rabbitworker_startup` opened.
+
+    :param settings: the host's settings.
+    :returns: ``None`` or an awaitable.
+
+    Called after consuming stopped and in-flight messages finished (or timed out), in the
+    reverse order of start-up. A hook that raises is logged; the others still run.
+    """
+
+
+# -- per message ---------------------------------------------------------------------------
+
+
+@hookspec
+def rabbitworker_message_received(delivery: Delivery) -> None:
+    """A message arrived on a queue and is about to be dispatched to its handler.
+
+    :param delivery: what is known of the message before its handler runs.
+
+    Called on the event loop for every message: keep it cheap and never block.
+    """
+
+
+@hookspec
+def rabbitworker_message_settled(delivery: Delivery, outcome: Outcome) -> None:
+    """A message was settled: acknowledged, or dead-lettered with a reason.
+
+    :param delivery: the message, as passed to :func:`rabbitworker_message_received`.
+    :param outcome: what happened to it and how long its handler took.
+
+    Called on the event loop for every message after the broker was told: keep it cheap.
+    """

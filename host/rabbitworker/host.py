@@ -1,0 +1,154 @@
+"""The running host: connect, declare, consume every queue, and stop cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+from loguru import logger
+
+from rabbitworker.dispatch import QueueConsumer, has_sync_handlers
+from rabbitworker.errors import BrokerConnectionError
+from rabbitworker.plugins import HostPlugins, QueueRegistration
+from rabbitworker.publish import close_publishers
+from rabbitworker.settings import HostSettings
+from rabbitworker.topology import declare_topology, plan_topology
+
+
+class WorkerHost:
+    """Everything between "plugins are loaded" and "process exits"."""
+
+    def __init__(self, settings: HostSettings, plugins: HostPlugins,
+                 registrations: list[QueueRegistration]) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.registrations = registrations
+        self.topology = plan_topology(registrations)
+        self.consumers: list[QueueConsumer] = []
+        self._connection: AbstractRobustConnection | None = None
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._signals = 0
+
+    def request_stop(self, signame: str = "stop request") -> None:
+        """First call: stop gracefully. Second call: stop now, abandoning in-flight messages."""
+        self._signals += 1
+        if self._signals == 1:
+            logger.info("{} received: stopping, letting in-flight messages finish "
+                        "(up to {:g} s)", signame, self.settings.shutdown_timeout)
+            self._stop.set()
+        else:
+            logger.warning("{} received again: stopping now; unfinished messages stay "
+                           "unacknowledged and will be redelivered", signame)
+            self._force.set()
+
+    async def run(self) -> None:
+        """Serve until :meth:`request_stop`; raise on a start-up failure."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        executor = self._thread_pool()
+        if executor is not None:
+            loop.set_default_executor(executor)
+        await self.plugins.startup(self.settings)
+        try:
+            await self._connect()
+            await self._consume()
+            await self._stop.wait()
+            await self._drain()
+        finally:
+            await self._close()
+            await self.plugins.shutdown(self.settings)
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+
+    def _thread_pool(self) -> ThreadPoolExecutor | None:
+        sync_slots = sum(
+            r.config.prefetch_count for r in self.registrations if has_sync_handlers(r.config)
+        )
+        threads = self.settings.sync_handler_threads or sync_slots
+        if not threads:
+            return None
+        return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rabbitworker-handler")
+
+    async def _connect(self) -> None:
+        url = self.settings.masked_amqp_url
+        try:
+            self._connection = await aio_pika.connect_robust(
+                self.settings.amqp_url,
+                timeout=self.settings.connect_timeout,
+                client_properties={
+                    "connection_name": f"rabbitworker-host {socket.gethostname()}:{os.getpid()}"
+                },
+            )
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+            raise BrokerConnectionError(
+                f"cannot connect to {url}: {type(exc).__name__}: {exc}. Is RabbitMQ running "
+                "there? Set RABBITWORKER_AMQP_URL to the broker to use."
+            ) from exc
+        logger.info("connected to {}", url)
+        channel = await self._connection.channel()
+        await declare_topology(channel, self.topology)
+        await channel.close()
+        logger.info("declared {} exchange(s) and {} queue(s)",
+                    len(self.topology.exchanges), len(self.topology.queues))
+
+    async def _consume(self) -> None:
+        assert self._connection is not None
+        for registration in self.registrations:
+            config = registration.config
+            channel = await self._connection.channel(on_return_raises=True)
+            consumer = QueueConsumer(config, channel, self.plugins)
+            await consumer.start()
+            self.consumers.append(consumer)
+            logger.info(
+                "[{}] consuming: routing key {!r} on exchange {!r}, prefetch {}, handlers {}, "
+                "DLX {!r} → DLQ {!r} (plugin {})",
+                config.name, config.routing_key, config.exchange_name, config.prefetch_count,
+                ", ".join(config.tasks), config.dlx_exchange_name, config.dlq_name,
+                registration.plugin.describe(),
+            )
+        logger.info("consuming from {} queue(s)", len(self.consumers))
+
+    async def _drain(self) -> None:
+        for consumer in self.consumers:
+            try:
+                await asyncio.wait_for(consumer.stop_consuming(), timeout=5)
+            except Exception as exc:
+                logger.warning("[{}] could not cancel the consumer cleanly: {}",
+                               consumer.config.name, exc)
+        in_flight = sum(consumer.in_flight for consumer in self.consumers)
+        if in_flight:
+            logger.info("waiting for {} in-flight message(s) to finish", in_flight)
+        idle: asyncio.Future[Any] = asyncio.gather(
+            *(consumer.wait_idle() for consumer in self.consumers)
+        )
+        force: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
+        done, _ = await asyncio.wait(
+            {idle, force}, timeout=self.settings.shutdown_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        force.cancel()
+        if idle not in done:
+            idle.cancel()
+            abandoned = sum(consumer.abandon_in_flight() for consumer in self.consumers)
+            logger.warning(
+                "{} message(s) still running; left unacknowledged, the broker will deliver "
+                "them again", abandoned,
+            )
+            await asyncio.sleep(0)
+
+    async def _close(self) -> None:
+        await close_publishers()
+        if self._connection is not None:
+            try:
+                await asyncio.wait_for(self._connection.close(), timeout=5)
+            except Exception as exc:
+                logger.warning("closing the broker connection failed: {}", exc)
+        logger.info("stopped")

@@ -1,0 +1,245 @@
+"""Plugin discovery and attribution: the only module that talks to pluggy.
+
+Load order is fixed: the host's built-in plugins, then the ``rabbitworker.queues`` entry
+points sorted by name, then the modules named in ``RABBITWORKER_PLUGINS``. Every queue is
+remembered with the plugin that contributed it, so every error can name its owner.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points, packages_distributions, version
+from typing import Any
+
+import pluggy
+from loguru import logger
+
+from rabbitworker import hookspecs
+from rabbitworker.config import QueueConfig
+from rabbitworker.errors import (
+    DuplicateQueueError,
+    InvalidQueueConfigError,
+    PluginHookError,
+    PluginInfo,
+    PluginLoadError,
+)
+from rabbitworker.settings import HostSettings
+
+ENTRY_POINT_GROUP = "rabbitworker.queues"
+
+#: The host's own features, registered first, on the same hooks as third-party plugins.
+BUILTIN_PLUGINS = ("rabbitworker.messagelog",)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRegistration:
+    """A queue and the plugin that contributed it."""
+
+    config: QueueConfig
+    plugin: PluginInfo
+
+
+class HostPlugins:
+    """The loaded plugins behind one typed facade; the rest of the host never calls pluggy."""
+
+    def __init__(self) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self._info: dict[str, PluginInfo] = {}
+        self.hook = self._pm.hook
+
+    @classmethod
+    def load(cls, settings: HostSettings) -> HostPlugins:
+        """Load built-ins, installed entry points and ``RABBITWORKER_PLUGINS``, in that order.
+
+        :raises PluginLoadError: a plugin failed to import.
+        :raises PluginHookError: a plugin implements a hook wrongly or one that does not exist.
+        """
+        plugins = cls()
+        host_version = _dist_version("rabbitworker-host")
+        for module_name in BUILTIN_PLUGINS:
+            info = PluginInfo(
+                name=module_name, distribution="rabbitworker-host", version=host_version,
+                module=module_name,
+            )
+            plugins.register(importlib.import_module(module_name), info)
+        if not settings.disable_plugin_autoload:
+            for entry_point in discover_entry_points():
+                info = _entry_point_info(entry_point)
+                if entry_point.name in settings.disabled_plugins:
+                    logger.info("plugin {} is disabled by RABBITWORKER_DISABLED_PLUGINS",
+                                info.describe())
+                    continue
+                try:
+                    plugin = entry_point.load()
+                except Exception as exc:
+                    raise PluginLoadError(info, exc) from exc
+                plugins.register(plugin, info)
+        for module_name in settings.plugins:
+            info = _module_info(module_name)
+            try:
+                plugin = importlib.import_module(module_name)
+            except Exception as exc:
+                raise PluginLoadError(info, exc) from exc
+            plugins.register(plugin, info)
+        return plugins
+
+    def register(self, plugin: object, info: PluginInfo) -> None:
+        """Register one plugin object, checking its hooks against the specs."""
+        if self._pm.is_registered(plugin):
+            logger.warning("plugin {} is already loaded; skipping the second copy", info.describe())
+            return
+        if info.name in self._info:
+            raise PluginHookError(
+                info, "register",
+                f"another plugin is already loaded under the name {info.name!r} "
+                f"({self._info[info.name].describe()})",
+            )
+        try:
+            self._pm.register(plugin, name=info.name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginHookError(info, "register", str(exc)) from exc
+        self._info[info.name] = info
+        unknown = [
+            name for name in dir(plugin)
+            if name.startswith("rabbitworker_") and not hasattr(hookspecs, name)
+            and callable(getattr(plugin, name, None))
+        ]
+        if unknown:
+            self._pm.unregister(plugin)
+            del self._info[info.name]
+            known = ", ".join(n for n in dir(hookspecs) if n.startswith("rabbitworker_"))
+            raise PluginHookError(
+                info, "register",
+                f"it defines {', '.join(unknown)}, which is not a rabbitworker hook (misspelled?). "
+                f"The hooks are: {known}",
+            )
+
+    @property
+    def plugins(self) -> list[PluginInfo]:
+        """Every loaded plugin, built-ins first, in load order."""
+        return list(self._info.values())
+
+    def collect_queues(self) -> list[QueueRegistration]:
+        """Ask every plugin for its queues and check they are valid and uniquely named.
+
+        :raises PluginHookError: a hook raised, returned something else than QueueConfigs,
+            or built an invalid QueueConfig.
+        :raises DuplicateQueueError: two registrations share a queue name.
+        """
+        registrations: list[QueueRegistration] = []
+        owners: dict[str, PluginInfo] = {}
+        for impl in self._impls("rabbitworker_queues"):
+            info = self._info[impl.plugin_name]
+            try:
+                result = impl.function()
+                if result is not None and not isinstance(result, Iterable):
+                    raise TypeError(f"it returned {result!r}; return a list of QueueConfig")
+                configs: list[object] = list(result) if result is not None else []
+            except InvalidQueueConfigError as exc:
+                raise PluginHookError(info, "rabbitworker_queues",
+                                      f"invalid QueueConfig: {exc}") from exc
+            except Exception as exc:
+                raise PluginHookError(info, "rabbitworker_queues", exc) from exc
+            for config in configs:
+                if not isinstance(config, QueueConfig):
+                    raise PluginHookError(
+                        info, "rabbitworker_queues",
+                        f"it returned {config!r}; return rabbitworker.QueueConfig objects",
+                    )
+                if config.name in owners:
+                    raise DuplicateQueueError(config.name, owners[config.name], info)
+                owners[config.name] = info
+                registrations.append(QueueRegistration(config, info))
+        return registrations
+
+    async def startup(self, settings: HostSettings) -> None:
+        """Run every ``rabbitworker_startup`` in load order; the first failure stops start-up."""
+        for impl in self._impls("rabbitworker_startup"):
+            try:
+                await _resolve(impl.function(**_kwargs(impl, settings=settings)))
+            except Exception as exc:
+                raise PluginHookError(self._info[impl.plugin_name], "rabbitworker_startup",
+                                      exc) from exc
+
+    async def shutdown(self, settings: HostSettings) -> None:
+        """Run every ``rabbitworker_shutdown`` in reverse load order; failures are logged."""
+        for impl in reversed(self._impls("rabbitworker_shutdown")):
+            try:
+                await _resolve(impl.function(**_kwargs(impl, settings=settings)))
+            except Exception as exc:
+                logger.opt(exception=exc).error(
+                    "plugin {} failed in rabbitworker_shutdown(): {}: {}",
+                    self._info[impl.plugin_name].describe(), type(exc).__name__, exc,
+                )
+
+    def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
+        order = {name: index for index, name in enumerate(self._info)}
+        impls = getattr(self._pm.hook, hook_name).get_hookimpls()
+        return sorted(impls, key=lambda impl: order[impl.plugin_name])
+
+
+def discover_entry_points() -> list[EntryPoint]:
+    """The installed ``rabbitworker.queues`` entry points, one per name, sorted by name."""
+    unique: dict[str, EntryPoint] = {}
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        unique.setdefault(entry_point.name, entry_point)
+    return [unique[name] for name in sorted(unique)]
+
+
+def _entry_point_info(entry_point: EntryPoint) -> PluginInfo:
+    dist = entry_point.dist
+    return PluginInfo(
+        name=entry_point.name,
+        distribution=dist.name if dist else None,
+        version=dist.version if dist else None,
+        module=entry_point.value,
+    )
+
+
+def _module_info(module_name: str) -> PluginInfo:
+    top_level = module_name.split(".")[0]
+    dists = packages_distributions().get(top_level, [])
+    distribution = dists[0] if dists else None
+    return PluginInfo(
+        name=module_name,
+        distribution=distribution,
+        version=_dist_version(distribution) if distribution else None,
+        module=module_name,
+    )
+
+
+def _dist_version(distribution: str) -> str | None:
+    try:
+        return version(distribution)
+    except Exception:
+        return None
+
+
+def _kwargs(impl: pluggy.HookImpl, **available: Any) -> dict[str, Any]:
+    return {name: available[name] for name in impl.argnames}
+
+
+async def _resolve(value: object) -> object:
+    """Hooks may return a value or an awaitable (pluggy itself is synchronous)."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def iter_plugin_rows(registrations: Iterable[QueueRegistration]) -> list[dict[str, Any]]:
+    """Queues as plain data, each with the plugin that contributed it (for ``queues --json``)."""
+    return [
+        {
+            **registration.config.describe(),
+            "plugin": {
+                "name": registration.plugin.name,
+                "distribution": registration.plugin.distribution,
+                "version": registration.plugin.version,
+            },
+        }
+        for registration in registrations
+    ]

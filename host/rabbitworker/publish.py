@@ -1,0 +1,152 @@
+"""``publish_task``: send a task message to the broker, confirmed and routed, or raise.
+
+One connection and one confirming channel per event loop, opened on first use and shared
+by every caller, so concurrent calls pipeline their confirms instead of queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import weakref
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import aiormq
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from rabbitworker.errors import PublishError, UnroutableMessageError
+from rabbitworker.settings import HostSettings, mask_url
+
+
+class TaskPublisher:
+    """A lazily connected publisher bound to one broker URL on one event loop."""
+
+    def __init__(self, amqp_url: str, *, timeout: float = 30.0, connect_timeout: float = 10.0):
+        self.amqp_url = amqp_url
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._lock = asyncio.Lock()
+
+    async def publish(self, message_body: Any, routing_key: str, *, exchange_name: str = "tasks",
+                      message_id: str | None = None, headers: dict[str, Any] | None = None) -> str:
+        """Publish persistently with ``mandatory``; return the message id once confirmed."""
+        try:
+            body = orjson.dumps(message_body)
+        except TypeError as exc:
+            raise TypeError(f"message_body must be JSON-serialisable: {exc}") from exc
+        message_id = message_id or uuid.uuid4().hex
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            timestamp=datetime.now(UTC),
+            headers=headers,
+        )
+        exchange = await self._exchange(exchange_name)
+        try:
+            await exchange.publish(message, routing_key, mandatory=True, timeout=self.timeout)
+        except aio_pika.exceptions.PublishError as exc:
+            raise UnroutableMessageError(exchange_name, routing_key) from exc
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            self._forget_channel()
+            raise PublishError(
+                f"exchange {exchange_name!r} does not exist on the broker. Start "
+                "rabbitworker-host once so it declares its exchanges, or check exchange_name."
+            ) from exc
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise PublishError(
+                f"the broker refused the message for {exchange_name!r}/{routing_key!r} "
+                f"({exc.frame}); it is not stored. Check the broker's logs (disk or memory alarm?)."
+            ) from exc
+        except (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.ChannelClosed):
+            self._forget_channel()
+            raise
+        return message_id
+
+    async def close(self) -> None:
+        """Close the connection; the next publish opens a new one."""
+        connection, self._connection = self._connection, None
+        self._forget_channel()
+        if connection is not None and not connection.is_closed:
+            await connection.close()
+
+    def _forget_channel(self) -> None:
+        self._channel = None
+        self._exchanges.clear()
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        exchange = self._exchanges.get(name)
+        if exchange is not None and self._channel is not None and not self._channel.is_closed:
+            return exchange
+        async with self._lock:
+            if self._connection is None or self._connection.is_closed:
+                try:
+                    self._connection = await aio_pika.connect_robust(
+                        self.amqp_url, timeout=self.connect_timeout,
+                        client_properties={"connection_name": "rabbitworker publish_task"},
+                    )
+                except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+                    raise PublishError(
+                        f"cannot connect to {mask_url(self.amqp_url)}: {type(exc).__name__}: "
+                        f"{exc}. Is RabbitMQ running? Set RABBITWORKER_AMQP_URL."
+                    ) from exc
+            if self._channel is None or self._channel.is_closed:
+                self._forget_channel()
+                self._channel = await self._connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+            exchange = self._exchanges.get(name)
+            if exchange is None:
+                exchange = await self._channel.get_exchange(name, ensure=False)
+                self._exchanges[name] = exchange
+            return exchange
+
+
+_publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, TaskPublisher]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_publisher(settings: HostSettings | None = None) -> TaskPublisher:
+    """The shared publisher of the running loop for ``settings.amqp_url``."""
+    settings = settings or HostSettings()
+    by_url = _publishers.setdefault(asyncio.get_running_loop(), {})
+    publisher = by_url.get(settings.amqp_url)
+    if publisher is None:
+        publisher = TaskPublisher(settings.amqp_url, timeout=settings.publish_timeout,
+                                  connect_timeout=settings.connect_timeout)
+        by_url[settings.amqp_url] = publisher
+    return publisher
+
+
+async def publish_task(message_body: dict[str, Any], routing_key: str, *,
+                       exchange_name: str = "tasks", message_id: str | None = None,
+                       headers: dict[str, Any] | None = None) -> str:
+    """Publish ``message_body`` as persistent JSON and wait for the broker's confirm.
+
+    Connects on first use with ``RABBITWORKER_AMQP_URL``; later calls on the same event
+    loop reuse that connection.
+
+    :returns: the message id (generated unless given).
+    :raises UnroutableMessageError: no queue is bound to ``exchange_name`` with ``routing_key``.
+    :raises PublishError: the broker is unreachable, the exchange does not exist, or the
+        broker refused the message.
+    """
+    return await get_publisher().publish(
+        message_body, routing_key, exchange_name=exchange_name, message_id=message_id,
+        headers=headers,
+    )
+
+
+async def close_publishers() -> None:
+    """Close the running loop's publisher connections (the host calls this on shutdown)."""
+    by_url = _publishers.pop(asyncio.get_running_loop(), {})
+    for publisher in by_url.values():
+        await publisher.close()

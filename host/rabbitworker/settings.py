@@ -1,0 +1,104 @@
+"""The host's settings, read from ``RABBITWORKER_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from yarl import URL
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
+
+
+def _split_names(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+NameList = Annotated[list[str], NoDecode]
+
+
+class HostSettings(BaseSettings):
+    """Everything the host can be told; each field is the env var ``RABBITWORKER_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="RABBITWORKER_", extra="ignore")
+
+    amqp_url: str = Field(
+        DEFAULT_AMQP_URL,
+        description="The broker to connect to, vhost included (amqp:// or amqps://). "
+        "The password is masked in every log line.",
+    )
+    shutdown_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds to let in-flight messages finish after SIGTERM/SIGINT; what is "
+        "still running then is left unacknowledged and redelivered by the broker.",
+    )
+    log_level: str = Field(
+        "INFO", description="Minimum level logged: TRACE, DEBUG, INFO, WARNING, ERROR."
+    )
+    plugins: NameList = Field(
+        default_factory=list,
+        description="Extra plugin modules to load by import path, comma-separated "
+        "(like pytest -p); for plugins that are not installed as distributions.",
+    )
+    disable_plugin_autoload: bool = Field(
+        False,
+        description="Do not load plugins from the rabbitworker.queues entry-point group; "
+        "only RABBITWORKER_PLUGINS.",
+    )
+    disabled_plugins: NameList = Field(
+        default_factory=list,
+        description="Entry-point names of installed plugins to skip, comma-separated.",
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds to wait for the broker at start-up before giving up."
+    )
+    publish_timeout: float = Field(
+        30.0, gt=0, description="Seconds publish_task waits for the broker's confirm."
+    )
+    sync_handler_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads for plain `def` handlers. Default: the sum of prefetch_count of "
+        "the queues that have such handlers, so each can run as many as its prefetch.",
+    )
+
+    @field_validator("plugins", "disabled_plugins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_names(value)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        if URL(value).scheme not in ("amqp", "amqps"):
+            raise ValueError(
+                "must start with amqp:// or amqps://, e.g. amqp://guest:guest@localhost:5672/"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @property
+    def masked_amqp_url(self) -> str:
+        """The AMQP URL with its password replaced by ``****``, safe to log."""
+        return mask_url(self.amqp_url)
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL: ``amqp://guest:****@host/``."""
+    parsed = URL(url)
+    if parsed.password is None:
+        return url
+    return str(parsed.with_password("****"))
+
+
+def url_password(url: str) -> str | None:
+    """The password of a URL, if it has one (decoded)."""
+    return URL(url).password

@@ -1,0 +1,140 @@
+"""What the host declares on the broker, planned from the plugins' QueueConfigs.
+
+:func:`plan_topology` is pure (no broker) and refuses contradictory configs before anything
+is declared; :func:`declare_topology` then declares the plan on one channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiormq
+from aio_pika import ExchangeType
+from aio_pika.abc import AbstractChannel
+from loguru import logger
+
+from rabbitworker.config import QueueConfig
+from rabbitworker.errors import TopologyConflictError
+from rabbitworker.plugins import QueueRegistration
+
+#: Dead-letter exchanges are fanouts: every message dead-lettered through one reaches every
+#: DLQ bound to it, whatever its original routing key.
+DLX_TYPE = "fanout"
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    name: str
+    type: str
+    wanted_by: str
+
+    def describe(self) -> str:
+        return f"{self.type} exchange {self.name!r} (for {self.wanted_by})"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    name: str
+    arguments: dict[str, Any]
+    bindings: tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class Topology:
+    """Exchanges first, then queues, then their bindings: the order they are declared in."""
+
+    exchanges: dict[str, ExchangeSpec] = field(default_factory=dict)
+    queues: dict[str, QueueSpec] = field(default_factory=dict)
+
+
+def queue_arguments(config: QueueConfig) -> dict[str, Any]:
+    """The ``x-`` arguments a work queue is declared with."""
+    return {"x-dead-letter-exchange": config.dlx_exchange_name}
+
+
+def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
+    """Merge every queue's exchanges, DLX and DLQ; shared ones appear once.
+
+    :raises TopologyConflictError: one name is wanted as two different things.
+    """
+    topology = Topology()
+    dlq_of_dlx: dict[str, tuple[str, str]] = {}
+
+    def want_exchange(spec: ExchangeSpec) -> None:
+        existing = topology.exchanges.setdefault(spec.name, spec)
+        if existing.type != spec.type:
+            raise TopologyConflictError(
+                f"exchange {spec.name!r} is wanted as {existing.describe()} and as "
+                f"{spec.describe()}; give one of them another exchange name"
+            )
+
+    work_queues = {registration.config.name: registration for registration in registrations}
+    for registration in registrations:
+        config, owner = registration.config, registration.plugin.describe()
+        want_exchange(ExchangeSpec(config.exchange_name, config.exchange_type,
+                                   f"queue {config.name!r} of plugin {owner}"))
+        want_exchange(ExchangeSpec(config.dlx_exchange_name, DLX_TYPE,
+                                   f"dead letters of queue {config.name!r} of plugin {owner}"))
+        if config.dlq_name in work_queues:
+            raise TopologyConflictError(
+                f"queue {config.name!r} of plugin {owner} names {config.dlq_name!r} as its DLQ, "
+                f"but that is a work queue of plugin "
+                f"{work_queues[config.dlq_name].plugin.describe()}; choose another dlq_name"
+            )
+        topology.queues[config.name] = QueueSpec(
+            config.name, queue_arguments(config),
+            ((config.exchange_name, config.routing_key),),
+        )
+        dlq = topology.queues.setdefault(config.dlq_name, QueueSpec(config.dlq_name, {}, ()))
+        binding = (config.dlx_exchange_name, "")
+        if binding not in dlq.bindings:
+            topology.queues[config.dlq_name] = QueueSpec(
+                dlq.name, dlq.arguments, (*dlq.bindings, binding)
+            )
+        previous = dlq_of_dlx.setdefault(config.dlx_exchange_name, (config.dlq_name, config.name))
+        if previous[0] != config.dlq_name:
+            logger.warning(
+                "DLX {!r} feeds both DLQ {!r} (queue {!r}) and DLQ {!r} (queue {!r}): each gets "
+                "a copy of every dead letter of both. Give each DLQ its own dlx_exchange_name "
+                "to keep them apart.",
+                config.dlx_exchange_name, previous[0], previous[1], config.dlq_name, config.name,
+            )
+    return topology
+
+
+async def declare_topology(channel: AbstractChannel, topology: Topology) -> None:
+    """Declare every exchange, queue and binding (all durable) on ``channel``.
+
+    :raises TopologyConflictError: something already exists on the broker with other settings.
+    """
+    exchanges = {}
+    for spec in topology.exchanges.values():
+        try:
+            exchanges[spec.name] = await channel.declare_exchange(
+                spec.name, ExchangeType(spec.type), durable=True
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            wanted = f"a durable {spec.type} exchange"
+            raise _conflict(f"exchange {spec.name!r}", wanted, exc) from exc
+    for queue_spec in topology.queues.values():
+        try:
+            queue = await channel.declare_queue(
+                queue_spec.name, durable=True, arguments=queue_spec.arguments or None
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise _conflict(
+                f"queue {queue_spec.name!r}",
+                f"a durable queue with arguments {queue_spec.arguments}", exc,
+            ) from exc
+        for exchange_name, routing_key in queue_spec.bindings:
+            await queue.bind(exchanges[exchange_name], routing_key)
+
+
+def _conflict(what: str, wanted: str, exc: Exception) -> TopologyConflictError:
+    return TopologyConflictError(
+        f"{what} already exists on the broker with other settings than {wanted} "
+        f"(broker said: {exc}). Delete it (rabbitmqctl delete_queue / the management UI) if "
+        "nothing depends on it, or change the QueueConfig to match."
+    )

@@ -1,0 +1,60 @@
+"""A plugin for the host's own tests, loaded with RABBITWORKER_PLUGINS=probe_plugin.
+
+``PROBE_CONFIG`` names a JSON file listing queues (``name``, ``routing_key``, optional
+``prefetch_count``, ``exchange_name``, ``dlx_exchange_name``, ``dlq_name``). Every queue
+handles three tasks: ``work`` (async), ``work_sync`` (plain def) and ``fail`` (raises).
+Handlers append ``start``/``end`` events to the JSONL file ``PROBE_EVENTS``, so tests read
+what really ran and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+from rabbitworker import QueueConfig, hookimpl
+
+
+def _record(event: str, message: dict[str, Any]) -> None:
+    line = json.dumps({
+        "event": event, "t": time.monotonic(), "pid": os.getpid(),
+        "id": message.get("payload", {}).get("id"), "task": message.get("task"),
+        "queue": message.get("payload", {}).get("queue"),
+    }) + "\n"
+    fd = os.open(os.environ["PROBE_EVENTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+async def work(message: dict[str, Any]) -> str:
+    _record("start", message)
+    await asyncio.sleep(message.get("payload", {}).get("sleep", 0))
+    _record("end", message)
+    return "done"
+
+
+def work_sync(message: dict[str, Any]) -> str:
+    _record("start", message)
+    time.sleep(message.get("payload", {}).get("sleep", 0))
+    _record("end", message)
+    return "done"
+
+
+async def fail(message: dict[str, Any]) -> None:
+    _record("start", message)
+    raise ValueError(message.get("payload", {}).get("error", "probe failure"))
+
+
+@hookimpl
+def rabbitworker_queues() -> list[QueueConfig]:
+    with open(os.environ["PROBE_CONFIG"]) as file:
+        queues = json.load(file)
+    return [
+        QueueConfig(task_handlers={"work": work, "work_sync": work_sync, "fail": fail}, **queue)
+        for queue in queues
+    ]
