@@ -107,7 +107,10 @@ def run() -> None:
             config = registration.config
             logger.info(
                 "[{}] queue configured: routing key {!r}, prefetch {}, handlers {}",
-                config.name, config.routing_key, config.prefetch_count, ", ".join(config.tasks),
+                config.name,
+                config.routing_key,
+                config.prefetch_count,
+                ", ".join(config.tasks),
             )
         host = WorkerHost(settings, plugins, registrations)
         logger.info("rabbitworker-host starting on {}", settings.masked_amqp_url)
@@ -123,8 +126,12 @@ def run() -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the queues as JSON on stdout (logs still go to stderr).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the queues as JSON on stdout (logs still go to stderr).",
+)
 def queues(as_json: bool) -> None:
     """List every installed plugin's queues, without connecting to the broker."""
     settings = _settings()
@@ -141,11 +148,18 @@ def queues(as_json: bool) -> None:
         table.add_column(column)
     for row in rows:
         plugin = row["plugin"]
-        dist = f"{plugin['distribution']} {plugin['version'] or ''}".strip() \
-            if plugin["distribution"] else "-"
+        dist = (
+            f"{plugin['distribution']} {plugin['version'] or ''}".strip()
+            if plugin["distribution"]
+            else "-"
+        )
         table.add_row(
-            row["queue"], row["routing_key"], row["exchange"], str(row["prefetch_count"]),
-            f"{row['dlx']} → {row['dlq']}", ", ".join(row["tasks"]),
+            row["queue"],
+            row["routing_key"],
+            row["exchange"],
+            str(row["prefetch_count"]),
+            f"{row['dlx']} → {row['dlq']}",
+            ", ".join(row["tasks"]),
             f"{plugin['name']} ({dist})",
         )
     Console(width=160).print(table)

@@ -94,7 +94,8 @@ class QueueConfig:
         for task, handler in handlers.items():
             if not isinstance(task, str) or not task:
                 raise InvalidQueueConfigError(
-                    "task_handlers", f"has a task name that is not a non-empty string: {task!r}",
+                    "task_handlers",
+                    f"has a task name that is not a non-empty string: {task!r}",
                     queue,
                 )
             if not callable(handler):

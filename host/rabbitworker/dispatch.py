@@ -63,9 +63,7 @@ def make_invoker(handler: Handler) -> Invoker:
 
 
 def has_sync_handlers(config: QueueConfig) -> bool:
-    return any(
-        make_invoker(handler) is not handler for handler in config.task_handlers.values()
-    )
+    return any(make_invoker(handler) is not handler for handler in config.task_handlers.values())
 
 
 class QueueConsumer:
@@ -130,33 +128,53 @@ class QueueConsumer:
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         queue = self.config.name
-        delivery = Delivery(queue, None, message.message_id, bool(message.redelivered),
-                            message.headers)
+        delivery = Delivery(
+            queue, None, message.message_id, bool(message.redelivered), message.headers
+        )
         started = time.perf_counter()
         try:
             body = orjson.loads(message.body)
         except orjson.JSONDecodeError as exc:
-            return await self._reject(message, delivery, started,
-                                      DeadLetterReason.INVALID_JSON, f"body is not JSON: {exc}")
+            return await self._reject(
+                message,
+                delivery,
+                started,
+                DeadLetterReason.INVALID_JSON,
+                f"body is not JSON: {exc}",
+            )
         if not isinstance(body, dict):
             return await self._reject(
-                message, delivery, started, DeadLetterReason.NOT_AN_OBJECT,
+                message,
+                delivery,
+                started,
+                DeadLetterReason.NOT_AN_OBJECT,
                 f"body is a JSON {type(body).__name__}, not an object with a 'task' field",
             )
         task_name = body.get("task")
         if task_name is None:
-            return await self._reject(message, delivery, started, DeadLetterReason.MISSING_TASK,
-                                      "body has no 'task' field")
+            return await self._reject(
+                message,
+                delivery,
+                started,
+                DeadLetterReason.MISSING_TASK,
+                "body has no 'task' field",
+            )
         if not isinstance(task_name, str):
             return await self._reject(
-                message, delivery, started, DeadLetterReason.INVALID_TASK,
+                message,
+                delivery,
+                started,
+                DeadLetterReason.INVALID_TASK,
                 f"'task' must be a string, got {type(task_name).__name__}",
             )
         delivery.task = task_name
         invoker = self._invokers.get(task_name)
         if invoker is None:
             return await self._reject(
-                message, delivery, started, DeadLetterReason.UNKNOWN_TASK,
+                message,
+                delivery,
+                started,
+                DeadLetterReason.UNKNOWN_TASK,
                 f"no handler for task {task_name!r} on queue {queue!r} "
                 f"(it handles: {self._known_tasks})",
             )
@@ -167,30 +185,50 @@ class QueueConsumer:
             except Exception as exc:
                 logger.opt(exception=exc).debug("[{}] handler for task {} raised", queue, task_name)
                 return await self._dead_letter(
-                    message, delivery, started, DeadLetterReason.HANDLER_ERROR,
-                    f"{type(exc).__name__}: {exc}", exc,
+                    message,
+                    delivery,
+                    started,
+                    DeadLetterReason.HANDLER_ERROR,
+                    f"{type(exc).__name__}: {exc}",
+                    exc,
                 )
         try:
             await message.ack()
         except Exception as exc:
             logger.warning(
                 "[{}] could not ack message {} ({}: {}); the broker will deliver it again",
-                queue, message.message_id, type(exc).__name__, exc,
+                queue,
+                message.message_id,
+                type(exc).__name__,
+                exc,
             )
             return None
-        self._notify_settled(delivery, Outcome(Settlement.ACKED, time.perf_counter() - started,
-                                               result=result))
+        self._notify_settled(
+            delivery, Outcome(Settlement.ACKED, time.perf_counter() - started, result=result)
+        )
         return None
 
-    async def _reject(self, message: AbstractIncomingMessage, delivery: Delivery,
-                      started: float, reason: DeadLetterReason, detail: str) -> None:
+    async def _reject(
+        self,
+        message: AbstractIncomingMessage,
+        delivery: Delivery,
+        started: float,
+        reason: DeadLetterReason,
+        detail: str,
+    ) -> None:
         """A message that never reached a handler: announce it, then dead-letter it."""
         self._notify_received(delivery)
         await self._dead_letter(message, delivery, started, reason, detail, None)
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, delivery: Delivery,
-                           started: float, reason: DeadLetterReason, detail: str,
-                           exc: BaseException | None) -> None:
+    async def _dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        delivery: Delivery,
+        started: float,
+        reason: DeadLetterReason,
+        detail: str,
+        exc: BaseException | None,
+    ) -> None:
         """Publish an annotated copy to the DLX, confirmed, then ack the original.
 
         If that publish fails, rejecting without requeue still dead-letters the message
@@ -231,20 +269,31 @@ class QueueConsumer:
         except Exception as publish_error:
             logger.warning(
                 "[{}] could not publish dead letter to {!r} ({}: {}); rejecting it instead",
-                self.config.name, self.config.dlx_exchange_name,
-                type(publish_error).__name__, publish_error,
+                self.config.name,
+                self.config.dlx_exchange_name,
+                type(publish_error).__name__,
+                publish_error,
             )
             try:
                 await message.reject(requeue=False)
             except Exception as reject_error:
                 logger.warning(
                     "[{}] could not reject message {} either ({}); the broker will deliver it "
-                    "again", self.config.name, message.message_id, reject_error,
+                    "again",
+                    self.config.name,
+                    message.message_id,
+                    reject_error,
                 )
                 return
-        self._notify_settled(delivery, Outcome(
-            Settlement.DEAD_LETTERED, time.perf_counter() - started, reason, detail,
-        ))
+        self._notify_settled(
+            delivery,
+            Outcome(
+                Settlement.DEAD_LETTERED,
+                time.perf_counter() - started,
+                reason,
+                detail,
+            ),
+        )
 
     def _notify_received(self, delivery: Delivery) -> None:
         try:

@@ -24,8 +24,9 @@ from rabbitworker.topology import declare_topology, plan_topology
 class WorkerHost:
     """Everything between "plugins are loaded" and "process exits"."""
 
-    def __init__(self, settings: HostSettings, plugins: HostPlugins,
-                 registrations: list[QueueRegistration]) -> None:
+    def __init__(
+        self, settings: HostSettings, plugins: HostPlugins, registrations: list[QueueRegistration]
+    ) -> None:
         self.settings = settings
         self.plugins = plugins
         self.registrations = registrations
@@ -40,12 +41,18 @@ class WorkerHost:
         """First call: stop gracefully. Second call: stop now, abandoning in-flight messages."""
         self._signals += 1
         if self._signals == 1:
-            logger.info("{} received: stopping, letting in-flight messages finish "
-                        "(up to {:g} s)", signame, self.settings.shutdown_timeout)
+            logger.info(
+                "{} received: stopping, letting in-flight messages finish (up to {:g} s)",
+                signame,
+                self.settings.shutdown_timeout,
+            )
             self._stop.set()
         else:
-            logger.warning("{} received again: stopping now; unfinished messages stay "
-                           "unacknowledged and will be redelivered", signame)
+            logger.warning(
+                "{} received again: stopping now; unfinished messages stay "
+                "unacknowledged and will be redelivered",
+                signame,
+            )
             self._force.set()
 
     async def run(self) -> None:
@@ -96,8 +103,11 @@ class WorkerHost:
         channel = await self._connection.channel()
         await declare_topology(channel, self.topology)
         await channel.close()
-        logger.info("declared {} exchange(s) and {} queue(s)",
-                    len(self.topology.exchanges), len(self.topology.queues))
+        logger.info(
+            "declared {} exchange(s) and {} queue(s)",
+            len(self.topology.exchanges),
+            len(self.topology.queues),
+        )
 
     async def _consume(self) -> None:
         assert self._connection is not None
@@ -110,8 +120,13 @@ class WorkerHost:
             logger.info(
                 "[{}] consuming: routing key {!r} on exchange {!r}, prefetch {}, handlers {}, "
                 "DLX {!r} → DLQ {!r} (plugin {})",
-                config.name, config.routing_key, config.exchange_name, config.prefetch_count,
-                ", ".join(config.tasks), config.dlx_exchange_name, config.dlq_name,
+                config.name,
+                config.routing_key,
+                config.exchange_name,
+                config.prefetch_count,
+                ", ".join(config.tasks),
+                config.dlx_exchange_name,
+                config.dlq_name,
                 registration.plugin.describe(),
             )
         logger.info("consuming from {} queue(s)", len(self.consumers))
@@ -121,8 +136,9 @@ class WorkerHost:
             try:
                 await asyncio.wait_for(consumer.stop_consuming(), timeout=5)
             except Exception as exc:
-                logger.warning("[{}] could not cancel the consumer cleanly: {}",
-                               consumer.config.name, exc)
+                logger.warning(
+                    "[{}] could not cancel the consumer cleanly: {}", consumer.config.name, exc
+                )
         in_flight = sum(consumer.in_flight for consumer in self.consumers)
         if in_flight:
             logger.info("waiting for {} in-flight message(s) to finish", in_flight)
@@ -131,7 +147,8 @@ class WorkerHost:
         )
         force: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
         done, _ = await asyncio.wait(
-            {idle, force}, timeout=self.settings.shutdown_timeout,
+            {idle, force},
+            timeout=self.settings.shutdown_timeout,
             return_when=asyncio.FIRST_COMPLETED,
         )
         force.cancel()
@@ -140,7 +157,8 @@ class WorkerHost:
             abandoned = sum(consumer.abandon_in_flight() for consumer in self.consumers)
             logger.warning(
                 "{} message(s) still running; left unacknowledged, the broker will deliver "
-                "them again", abandoned,
+                "them again",
+                abandoned,
             )
             await asyncio.sleep(0)
 

@@ -59,8 +59,9 @@ def setup_logging(level: str = "INFO", secrets: tuple[str, ...] = ()) -> None:
 
     logger.remove()
     logger.configure(patcher=mask if hidden else None)
-    logger.add(sys.stderr, level=level, format=LOG_FORMAT, colorize=None, backtrace=False,
-               diagnose=False)
+    logger.add(
+        sys.stderr, level=level, format=LOG_FORMAT, colorize=None, backtrace=False, diagnose=False
+    )
     logging.basicConfig(handlers=[InterceptHandler()], level=logging.WARNING, force=True)
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

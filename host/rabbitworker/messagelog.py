@@ -16,7 +16,9 @@ from rabbitworker.hookspecs import hookimpl
 def rabbitworker_message_received(delivery: Delivery) -> None:
     logger.info(
         "[{}] received message {} task={}{}",
-        delivery.queue, delivery.message_id, delivery.task,
+        delivery.queue,
+        delivery.message_id,
+        delivery.task,
         " (redelivered)" if delivery.redelivered else "",
     )
 
@@ -26,10 +28,17 @@ def rabbitworker_message_settled(delivery: Delivery, outcome: Outcome) -> None:
     if outcome.settlement is Settlement.ACKED:
         logger.info(
             "[{}] ACKed message {} for task {} in {:.1f} ms",
-            delivery.queue, delivery.message_id, delivery.task, outcome.duration * 1000,
+            delivery.queue,
+            delivery.message_id,
+            delivery.task,
+            outcome.duration * 1000,
         )
     else:
         logger.warning(
             "[{}] dead-lettered message {} (task {}): {}: {}",
-            delivery.queue, delivery.message_id, delivery.task, outcome.reason, outcome.detail,
+            delivery.queue,
+            delivery.message_id,
+            delivery.task,
+            outcome.reason,
+            outcome.detail,
         )

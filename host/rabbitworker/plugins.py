@@ -62,7 +62,9 @@ class HostPlugins:
         host_version = _dist_version("rabbitworker-host")
         for module_name in BUILTIN_PLUGINS:
             info = PluginInfo(
-                name=module_name, distribution="rabbitworker-host", version=host_version,
+                name=module_name,
+                distribution="rabbitworker-host",
+                version=host_version,
                 module=module_name,
             )
             plugins.register(importlib.import_module(module_name), info)
@@ -70,8 +72,9 @@ class HostPlugins:
             for entry_point in discover_entry_points():
                 info = _entry_point_info(entry_point)
                 if entry_point.name in settings.disabled_plugins:
-                    logger.info("plugin {} is disabled by RABBITWORKER_DISABLED_PLUGINS",
-                                info.describe())
+                    logger.info(
+                        "plugin {} is disabled by RABBITWORKER_DISABLED_PLUGINS", info.describe()
+                    )
                     continue
                 try:
                     plugin = entry_point.load()
@@ -94,7 +97,8 @@ class HostPlugins:
             return
         if info.name in self._info:
             raise PluginHookError(
-                info, "register",
+                info,
+                "register",
                 f"another plugin is already loaded under the name {info.name!r} "
                 f"({self._info[info.name].describe()})",
             )
@@ -104,8 +108,10 @@ class HostPlugins:
             raise PluginHookError(info, "register", str(exc)) from exc
         self._info[info.name] = info
         unknown = [
-            name for name in dir(plugin)
-            if name.startswith("rabbitworker_") and not hasattr(hookspecs, name)
+            name
+            for name in dir(plugin)
+            if name.startswith("rabbitworker_")
+            and not hasattr(hookspecs, name)
             and callable(getattr(plugin, name, None))
         ]
         if unknown:
@@ -113,7 +119,8 @@ class HostPlugins:
             del self._info[info.name]
             known = ", ".join(n for n in dir(hookspecs) if n.startswith("rabbitworker_"))
             raise PluginHookError(
-                info, "register",
+                info,
+                "register",
                 f"it defines {', '.join(unknown)}, which is not a rabbitworker hook (misspelled?). "
                 f"The hooks are: {known}",
             )
@@ -140,14 +147,16 @@ class HostPlugins:
                     raise TypeError(f"it returned {result!r}; return a list of QueueConfig")
                 configs: list[object] = list(result) if result is not None else []
             except InvalidQueueConfigError as exc:
-                raise PluginHookError(info, "rabbitworker_queues",
-                                      f"invalid QueueConfig: {exc}") from exc
+                raise PluginHookError(
+                    info, "rabbitworker_queues", f"invalid QueueConfig: {exc}"
+                ) from exc
             except Exception as exc:
                 raise PluginHookError(info, "rabbitworker_queues", exc) from exc
             for config in configs:
                 if not isinstance(config, QueueConfig):
                     raise PluginHookError(
-                        info, "rabbitworker_queues",
+                        info,
+                        "rabbitworker_queues",
                         f"it returned {config!r}; return rabbitworker.QueueConfig objects",
                     )
                 if config.name in owners:
@@ -162,8 +171,9 @@ class HostPlugins:
             try:
                 await _resolve(impl.function(**_kwargs(impl, settings=settings)))
             except Exception as exc:
-                raise PluginHookError(self._info[impl.plugin_name], "rabbitworker_startup",
-                                      exc) from exc
+                raise PluginHookError(
+                    self._info[impl.plugin_name], "rabbitworker_startup", exc
+                ) from exc
 
     async def shutdown(self, settings: HostSettings) -> None:
         """Run every ``rabbitworker_shutdown`` in reverse load order; failures are logged."""
@@ -173,7 +183,9 @@ class HostPlugins:
             except Exception as exc:
                 logger.opt(exception=exc).error(
                     "plugin {} failed in rabbitworker_shutdown(): {}: {}",
-                    self._info[impl.plugin_name].describe(), type(exc).__name__, exc,
+                    self._info[impl.plugin_name].describe(),
+                    type(exc).__name__,
+                    exc,
                 )
 
     def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:

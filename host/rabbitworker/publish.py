@@ -33,8 +33,15 @@ class TaskPublisher:
         self._exchanges: dict[str, AbstractExchange] = {}
         self._lock = asyncio.Lock()
 
-    async def publish(self, message_body: Any, routing_key: str, *, exchange_name: str = "tasks",
-                      message_id: str | None = None, headers: dict[str, Any] | None = None) -> str:
+    async def publish(
+        self,
+        message_body: Any,
+        routing_key: str,
+        *,
+        exchange_name: str = "tasks",
+        message_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
         """Publish persistently with ``mandatory``; return the message id once confirmed."""
         try:
             body = orjson.dumps(message_body)
@@ -89,7 +96,8 @@ class TaskPublisher:
             if self._connection is None or self._connection.is_closed:
                 try:
                     self._connection = await aio_pika.connect_robust(
-                        self.amqp_url, timeout=self.connect_timeout,
+                        self.amqp_url,
+                        timeout=self.connect_timeout,
                         client_properties={"connection_name": "rabbitworker publish_task"},
                     )
                 except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
@@ -120,15 +128,23 @@ def get_publisher(settings: HostSettings | None = None) -> TaskPublisher:
     by_url = _publishers.setdefault(asyncio.get_running_loop(), {})
     publisher = by_url.get(settings.amqp_url)
     if publisher is None:
-        publisher = TaskPublisher(settings.amqp_url, timeout=settings.publish_timeout,
-                                  connect_timeout=settings.connect_timeout)
+        publisher = TaskPublisher(
+            settings.amqp_url,
+            timeout=settings.publish_timeout,
+            connect_timeout=settings.connect_timeout,
+        )
         by_url[settings.amqp_url] = publisher
     return publisher
 
 
-async def publish_task(message_body: dict[str, Any], routing_key: str, *,
-                       exchange_name: str = "tasks", message_id: str | None = None,
-                       headers: dict[str, Any] | None = None) -> str:
+async def publish_task(
+    message_body: dict[str, Any],
+    routing_key: str,
+    *,
+    exchange_name: str = "tasks",
+    message_id: str | None = None,
+    headers: dict[str, Any] | None = None,
+) -> str:
     """Publish ``message_body`` as persistent JSON and wait for the broker's confirm.
 
     Connects on first use with ``RABBITWORKER_AMQP_URL``; later calls on the same event
@@ -140,7 +156,10 @@ async def publish_task(message_body: dict[str, Any], routing_key: str, *,
         broker refused the message.
     """
     return await get_publisher().publish(
-        message_body, routing_key, exchange_name=exchange_name, message_id=message_id,
+        message_body,
+        routing_key,
+        exchange_name=exchange_name,
+        message_id=message_id,
         headers=headers,
     )
 

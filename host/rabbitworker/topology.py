@@ -73,10 +73,20 @@ def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
     work_queues = {registration.config.name: registration for registration in registrations}
     for registration in registrations:
         config, owner = registration.config, registration.plugin.describe()
-        want_exchange(ExchangeSpec(config.exchange_name, config.exchange_type,
-                                   f"queue {config.name!r} of plugin {owner}"))
-        want_exchange(ExchangeSpec(config.dlx_exchange_name, DLX_TYPE,
-                                   f"dead letters of queue {config.name!r} of plugin {owner}"))
+        want_exchange(
+            ExchangeSpec(
+                config.exchange_name,
+                config.exchange_type,
+                f"queue {config.name!r} of plugin {owner}",
+            )
+        )
+        want_exchange(
+            ExchangeSpec(
+                config.dlx_exchange_name,
+                DLX_TYPE,
+                f"dead letters of queue {config.name!r} of plugin {owner}",
+            )
+        )
         if config.dlq_name in work_queues:
             raise TopologyConflictError(
                 f"queue {config.name!r} of plugin {owner} names {config.dlq_name!r} as its DLQ, "
@@ -84,7 +94,8 @@ def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
                 f"{work_queues[config.dlq_name].plugin.describe()}; choose another dlq_name"
             )
         topology.queues[config.name] = QueueSpec(
-            config.name, queue_arguments(config),
+            config.name,
+            queue_arguments(config),
             ((config.exchange_name, config.routing_key),),
         )
         dlq = topology.queues.setdefault(config.dlq_name, QueueSpec(config.dlq_name, {}, ()))
@@ -99,7 +110,11 @@ def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
                 "DLX {!r} feeds both DLQ {!r} (queue {!r}) and DLQ {!r} (queue {!r}): each gets "
                 "a copy of every dead letter of both. Give each DLQ its own dlx_exchange_name "
                 "to keep them apart.",
-                config.dlx_exchange_name, previous[0], previous[1], config.dlq_name, config.name,
+                config.dlx_exchange_name,
+                previous[0],
+                previous[1],
+                config.dlq_name,
+                config.name,
             )
     return topology
 
@@ -126,7 +141,8 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise _conflict(
                 f"queue {queue_spec.name!r}",
-                f"a durable queue with arguments {queue_spec.arguments}", exc,
+                f"a durable queue with arguments {queue_spec.arguments}",
+                exc,
             ) from exc
         for exchange_name, routing_key in queue_spec.bindings:
             await queue.bind(exchanges[exchange_name], routing_key)

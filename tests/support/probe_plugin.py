@@ -19,11 +19,19 @@ from rabbitworker import QueueConfig, hookimpl
 
 
 def _record(event: str, message: dict[str, Any]) -> None:
-    line = json.dumps({
-        "event": event, "t": time.monotonic(), "pid": os.getpid(),
-        "id": message.get("payload", {}).get("id"), "task": message.get("task"),
-        "queue": message.get("payload", {}).get("queue"),
-    }) + "\n"
+    line = (
+        json.dumps(
+            {
+                "event": event,
+                "t": time.monotonic(),
+                "pid": os.getpid(),
+                "id": message.get("payload", {}).get("id"),
+                "task": message.get("task"),
+                "queue": message.get("payload", {}).get("queue"),
+            }
+        )
+        + "\n"
+    )
     fd = os.open(os.environ["PROBE_EVENTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(fd, line.encode())

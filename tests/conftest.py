@@ -1,0 +1,100 @@
+"""Shared fixtures: a real RabbitMQ, one throwaway vhost per test, and a real host process.
+
+Every broker test gets its own vhost (created and deleted here), so tests never depend on
+queues being empty and can run beside other runs on the same broker.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from brokertools import API, AUTH, Broker, HostProcess, host_env, management_up, wait_for
+
+
+@pytest.fixture(scope="session")
+def management_api() -> str:
+    """The RabbitMQ management HTTP API, enabled if it is not yet."""
+    if not management_up():
+        subprocess.run(
+            ["rabbitmq-plugins", "enable", "rabbitmq_management"], check=True, capture_output=True
+        )
+        wait_for(management_up, timeout=60, interval=0.5, message="the management API")
+    return API
+
+
+@pytest.fixture
+def broker(management_api: str) -> Iterator[Broker]:
+    """A fresh vhost for this test, deleted afterwards."""
+    vhost = f"rw-test-{uuid.uuid4().hex[:12]}"
+    path = quote(vhost, safe="")
+    httpx.put(f"{management_api}/vhosts/{path}", auth=AUTH, timeout=10).raise_for_status()
+    httpx.put(
+        f"{management_api}/permissions/{path}/guest",
+        auth=AUTH,
+        timeout=10,
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+    ).raise_for_status()
+    yield Broker(vhost, management_api)
+    httpx.delete(f"{management_api}/vhosts/{path}", auth=AUTH, timeout=30)
+
+
+@pytest.fixture
+def amqp_url(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test's vhost URL, also set as RABBITWORKER_AMQP_URL for publish_task."""
+    monkeypatch.setenv("RABBITWORKER_AMQP_URL", broker.amqp_url)
+    return broker.amqp_url
+
+
+@pytest.fixture
+def start_host(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., HostProcess]]:
+    """Start ``rabbitworker-host`` with the probe plugin serving ``queues``.
+
+    ``queues`` is a list of QueueConfig keyword dicts; handlers are always the probe's.
+    Returns once the host logs that it is consuming (unless ``wait=False``).
+    """
+    started: list[HostProcess] = []
+
+    def start(
+        queues: list[dict[str, Any]] | None = None,
+        *,
+        wait: bool = True,
+        args: tuple[str, ...] = (),
+        **env: str,
+    ) -> HostProcess:
+        index = len(started)
+        config = tmp_path / f"probe-{index}.json"
+        config.write_text(
+            json.dumps(
+                queues if queues is not None else [{"name": "probe.q", "routing_key": "probe"}]
+            )
+        )
+        events = tmp_path / "events.jsonl"
+        log_path = tmp_path / f"host-{index}.log"
+        full_env = host_env(amqp_url, PROBE_CONFIG=str(config), PROBE_EVENTS=str(events), **env)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "rabbitworker", *args],
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        host = HostProcess(process, log_path, events)
+        started.append(host)
+        if wait:
+            host.wait_for_log("consuming from")
+        return host
+
+    yield start
+    for host in started:
+        if host.process.poll() is None:
+            host.process.kill()
+            host.process.wait(timeout=10)

@@ -1,0 +1,15 @@
+import asyncio
+
+from brokertools import Broker, wait_for
+
+from rabbitworker import close_publishers, publish_task
+
+
+async def test_host_acks_a_published_task(broker: Broker, start_host) -> None:
+    host = start_host()
+    await publish_task({"task": "work", "payload": {"id": 1}}, "probe")
+    await close_publishers()
+    await asyncio.to_thread(wait_for, lambda: any(e["event"] == "end" for e in host.events()))
+    host.wait_for_log("ACKed message")
+    assert host.stop() == 0
+    assert broker.depth("probe.q") == 0
