@@ -5,10 +5,12 @@ The plugin API: decorate ``rabbitworker_queues()`` with :data:`hookimpl` and ret
 """
 
 from rabbitworker.config import QueueConfig
+from rabbitworker.context import TaskContext, current_task
 from rabbitworker.errors import (
     BrokerConnectionError,
     DuplicateQueueError,
     InvalidQueueConfigError,
+    PermanentError,
     PluginError,
     PluginHookError,
     PluginInfo,
@@ -31,6 +33,7 @@ __all__ = [
     "HostSettings",
     "InvalidQueueConfigError",
     "Outcome",
+    "PermanentError",
     "PluginError",
     "PluginHookError",
     "PluginInfo",
@@ -39,9 +42,11 @@ __all__ = [
     "QueueConfig",
     "RabbitworkerError",
     "Settlement",
+    "TaskContext",
     "TopologyConflictError",
     "UnroutableMessageError",
     "close_publishers",
+    "current_task",
     "hookimpl",
     "publish_task",
 ]

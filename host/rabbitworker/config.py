@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +11,11 @@ from rabbitworker.errors import InvalidQueueConfigError
 Handler = Callable[..., Any]
 
 EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
+QUEUE_TYPES = ("classic", "quorum")
+
+#: RabbitMQ closes a channel whose delivery stays unacked longer than its consumer_timeout
+#: (30 minutes by default); handler timeouts must stay below it.
+BROKER_CONSUMER_TIMEOUT = 1800.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,6 +33,16 @@ class QueueConfig:
     :param dlx_exchange_name: the dead-letter exchange (a fanout) failed messages go through.
     :param dlq_name: the durable queue bound to the DLX that keeps failed messages.
         Queues may share one DLX/DLQ (the default) or have their own.
+    :param max_retries: how many times a failed message is tried again before it is
+        dead-lettered (0: never). Retries wait in broker-side delay queues, not in the host.
+    :param retry_delays: seconds to wait before each retry (the last one repeats). Empty:
+        exponential, ``retry_backoff * 2 ** (retry - 1)`` capped at ``retry_backoff_max``.
+    :param handler_timeout: seconds a handler may run before it is cancelled and its message
+        treated as failed; below RabbitMQ's 30-minute consumer timeout.
+    :param queue_type: ``classic`` or ``quorum`` (replicated; for RabbitMQ clusters).
+    :param delivery_limit: how many times a message may be delivered again without being
+        settled (the worker crashed or lost its connection) before it is dead-lettered
+        instead of crashing the worker forever. On quorum queues it is ``x-delivery-limit``.
     """
 
     name: str
@@ -38,6 +53,13 @@ class QueueConfig:
     dlx_exchange_name: str = "tasks.dlx"
     dlq_name: str = "tasks.dlq"
     exchange_type: str = "direct"
+    max_retries: int = 0
+    retry_delays: Sequence[float] = ()
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 300.0
+    handler_timeout: float = 1500.0
+    queue_type: str = "classic"
+    delivery_limit: int = 5
 
     def __post_init__(self) -> None:
         queue = self.name if isinstance(self.name, str) and self.name else None
@@ -74,7 +96,55 @@ class QueueConfig:
             raise InvalidQueueConfigError(
                 "dlq_name", "must differ from the queue's own name", queue
             )
+        self._validate_delivery(queue)
         self._validate_handlers(queue)
+
+    def _validate_delivery(self, queue: str | None) -> None:
+        _require_int(self.max_retries, "max_retries", 0, queue)
+        _require_int(self.delivery_limit, "delivery_limit", 0, queue)
+        if self.queue_type not in QUEUE_TYPES:
+            raise InvalidQueueConfigError(
+                "queue_type", f"must be one of {', '.join(QUEUE_TYPES)}", queue
+            )
+        delays = self.retry_delays
+        if isinstance(delays, str | bytes) or not isinstance(delays, Sequence):
+            raise InvalidQueueConfigError(
+                "retry_delays", "must be a list of seconds, e.g. [1, 10, 60]", queue
+            )
+        for name, value in (
+            *((f"retry_delays[{i}]", d) for i, d in enumerate(delays)),
+            ("retry_backoff", self.retry_backoff),
+            ("retry_backoff_max", self.retry_backoff_max),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise InvalidQueueConfigError(
+                    name, f"must be a positive number of seconds, got {value!r}", queue
+                )
+        object.__setattr__(self, "retry_delays", tuple(float(d) for d in delays))
+        timeout = self.handler_timeout
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < BROKER_CONSUMER_TIMEOUT
+        ):
+            raise InvalidQueueConfigError(
+                "handler_timeout",
+                f"must be more than 0 and less than RabbitMQ's consumer timeout "
+                f"({BROKER_CONSUMER_TIMEOUT:g} s), got {timeout!r}; a longer task should be "
+                "split, or run elsewhere and report back with another message",
+                queue,
+            )
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait before trying again after attempt number ``attempt`` (1-based)."""
+        if self.retry_delays:
+            return self.retry_delays[min(attempt, len(self.retry_delays)) - 1]
+        return float(min(self.retry_backoff * 2 ** (attempt - 1), self.retry_backoff_max))
+
+    @property
+    def retry_schedule(self) -> list[float]:
+        """The delay before each retry, in order (empty when ``max_retries`` is 0)."""
+        return [self.retry_delay(attempt) for attempt in range(1, self.max_retries + 1)]
 
     def _validate_handlers(self, queue: str | None) -> None:
         handlers = self.task_handlers
@@ -124,7 +194,19 @@ class QueueConfig:
             "dlx": self.dlx_exchange_name,
             "dlq": self.dlq_name,
             "tasks": self.tasks,
+            "queue_type": self.queue_type,
+            "max_retries": self.max_retries,
+            "retry_delays": self.retry_schedule,
+            "handler_timeout": self.handler_timeout,
+            "delivery_limit": self.delivery_limit,
         }
+
+
+def _require_int(value: object, field_name: str, minimum: int, queue: str | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidQueueConfigError(
+            field_name, f"must be an integer >= {minimum}, got {value!r}", queue
+        )
 
 
 def _require_name(value: object, field_name: str, queue: str | None) -> None:

@@ -1,5 +1,5 @@
-"""Consuming and dispatch: the one place where a message is decoded, handled, acked or
-dead-lettered.
+"""Consuming and dispatch: the one place where a message is decoded, handled, and acked,
+retried or dead-lettered.
 
 Each queue gets a :class:`QueueConsumer` on its own channel whose ``basic.qos`` is the
 queue's ``prefetch_count``. aiormq runs every delivery in its own task, so the broker's
@@ -26,15 +26,18 @@ from aio_pika.abc import (
     ConsumerTag,
 )
 from loguru import logger
+from pydantic import ValidationError
 
 from rabbitworker.config import Handler, QueueConfig
+from rabbitworker.context import TaskContext, _current
+from rabbitworker.errors import PermanentError
 from rabbitworker.events import DeadLetterReason, Delivery, Outcome, Settlement
 from rabbitworker.plugins import HostPlugins
-from rabbitworker.topology import queue_arguments
+from rabbitworker.topology import queue_arguments, retry_queue_name
 
 Invoker = Callable[[dict[str, Any]], Awaitable[Any]]
 
-#: Header names on a dead-lettered copy. ``x-first-death-*`` follow RabbitMQ's own names.
+#: Header names the host writes. ``x-first-death-*`` follow RabbitMQ's own names.
 HEADER_QUEUE = "x-rabbitworker-queue"
 HEADER_REASON = "x-rabbitworker-reason"
 HEADER_ERROR = "x-rabbitworker-error"
@@ -42,8 +45,22 @@ HEADER_EXCEPTION_TYPE = "x-rabbitworker-exception-type"
 HEADER_EXCEPTION_MESSAGE = "x-rabbitworker-exception-message"
 HEADER_TASK = "x-rabbitworker-task"
 HEADER_DEAD_LETTERED_AT = "x-rabbitworker-dead-lettered-at"
+HEADER_ATTEMPT = "x-rabbitworker-attempt"
+HEADER_ATTEMPTS = "x-rabbitworker-attempts"
+HEADER_REDELIVERIES = "x-rabbitworker-redeliveries"
 
+JSON_CONTENT_TYPES = frozenset({"application/json", "text/json", "text/plain"})
 _MAX_HEADER_TEXT = 4096
+
+
+class _Failure(Exception):
+    """A message that cannot be handled as it is: carries the dead-letter reason."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str, exc: BaseException | None = None):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.exc = exc
 
 
 def make_invoker(handler: Handler) -> Invoker:
@@ -54,6 +71,7 @@ def make_invoker(handler: Handler) -> Invoker:
         return handler
 
     async def run_in_thread(message: dict[str, Any]) -> Any:
+        # to_thread copies the context, so current_task() works in plain handlers too.
         result = await asyncio.to_thread(handler, message)
         if inspect.isawaitable(result):
             result = await result
@@ -66,16 +84,79 @@ def has_sync_handlers(config: QueueConfig) -> bool:
     return any(make_invoker(handler) is not handler for handler in config.task_handlers.values())
 
 
+def _is_json_content_type(content_type: str | None) -> bool:
+    if not content_type:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in JSON_CONTENT_TYPES or media.endswith("+json")
+
+
+def decode_task(body: bytes, content_type: str | None, max_bytes: int) -> dict[str, Any]:
+    """Turn a body into a task message, or raise :class:`_Failure` naming what is wrong."""
+    if len(body) > max_bytes:
+        raise _Failure(
+            DeadLetterReason.TOO_LARGE,
+            f"body is {len(body)} bytes, above RABBITWORKER_MAX_MESSAGE_BYTES={max_bytes}",
+        )
+    if not _is_json_content_type(content_type):
+        raise _Failure(
+            DeadLetterReason.WRONG_CONTENT_TYPE,
+            f"content type {content_type!r} is not JSON; publish with application/json",
+        )
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as utf8_error:
+            raise _Failure(
+                DeadLetterReason.INVALID_UTF8, f"body is not UTF-8: {utf8_error}"
+            ) from None
+        raise _Failure(DeadLetterReason.INVALID_JSON, f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _Failure(
+            DeadLetterReason.NOT_AN_OBJECT,
+            f"body is a JSON {type(data).__name__}, not an object with a 'task' field",
+        )
+    task = data.get("task")
+    if task is None:
+        raise _Failure(DeadLetterReason.MISSING_TASK, "body has no 'task' field")
+    if not isinstance(task, str):
+        raise _Failure(
+            DeadLetterReason.INVALID_TASK,
+            f"'task' must be a string, got {type(task).__name__}",
+        )
+    return data
+
+
+def _int_header(headers: dict[str, Any], name: str, default: int) -> int:
+    value = headers.get(name, default)
+    try:
+        return max(int(value), default)
+    except (TypeError, ValueError):
+        return default
+
+
 class QueueConsumer:
     """Consumes one queue and settles each of its messages exactly once."""
 
-    def __init__(self, config: QueueConfig, channel: AbstractChannel, plugins: HostPlugins):
+    def __init__(
+        self,
+        config: QueueConfig,
+        channel: AbstractChannel,
+        plugins: HostPlugins,
+        *,
+        max_message_bytes: int,
+    ) -> None:
         self.config = config
         self._channel = channel
+        self._max_bytes = max_message_bytes
+        self._max_attempts = 1 + config.max_retries
         self._hook_received = plugins.hook.rabbitworker_message_received
         self._hook_settled = plugins.hook.rabbitworker_message_settled
         self._invokers = {task: make_invoker(h) for task, h in config.task_handlers.items()}
         self._known_tasks = ", ".join(sorted(self._invokers))
+        self._track_redeliveries = config.queue_type == "classic"
         self._queue: AbstractQueue | None = None
         self._dlx: AbstractExchange | None = None
         self._consumer_tag: ConsumerTag | None = None
@@ -88,8 +169,13 @@ class QueueConsumer:
         """How many messages of this queue are being handled right now."""
         return len(self._in_flight)
 
+    @property
+    def consuming(self) -> bool:
+        """Whether this consumer is registered and its channel open."""
+        return self._consumer_tag is not None and not self._channel.is_closed
+
     async def start(self) -> None:
-        """Set the channel's QoS and start consuming."""
+        """Set the channel's QoS (per consumer, never global) and start consuming."""
         config = self.config
         await self._channel.set_qos(prefetch_count=config.prefetch_count)
         self._queue = await self._channel.declare_queue(
@@ -127,126 +213,212 @@ class QueueConsumer:
                 self._idle.set()
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        queue = self.config.name
+        config = self.config
+        headers = message.headers or {}
         delivery = Delivery(
-            queue, None, message.message_id, bool(message.redelivered), message.headers
+            config.name,
+            None,
+            message.message_id,
+            bool(message.redelivered),
+            headers,
+            _int_header(headers, HEADER_ATTEMPT, 1),
         )
         started = time.perf_counter()
+        if message.redelivered and self._track_redeliveries:
+            await self._count_redelivery(message, delivery, started)
+            return
         try:
-            body = orjson.loads(message.body)
-        except orjson.JSONDecodeError as exc:
-            return await self._reject(
-                message,
-                delivery,
-                started,
-                DeadLetterReason.INVALID_JSON,
-                f"body is not JSON: {exc}",
-            )
-        if not isinstance(body, dict):
-            return await self._reject(
-                message,
-                delivery,
-                started,
-                DeadLetterReason.NOT_AN_OBJECT,
-                f"body is a JSON {type(body).__name__}, not an object with a 'task' field",
-            )
-        task_name = body.get("task")
-        if task_name is None:
-            return await self._reject(
-                message,
-                delivery,
-                started,
-                DeadLetterReason.MISSING_TASK,
-                "body has no 'task' field",
-            )
-        if not isinstance(task_name, str):
-            return await self._reject(
-                message,
-                delivery,
-                started,
-                DeadLetterReason.INVALID_TASK,
-                f"'task' must be a string, got {type(task_name).__name__}",
-            )
-        delivery.task = task_name
-        invoker = self._invokers.get(task_name)
-        if invoker is None:
-            return await self._reject(
-                message,
-                delivery,
-                started,
-                DeadLetterReason.UNKNOWN_TASK,
-                f"no handler for task {task_name!r} on queue {queue!r} "
-                f"(it handles: {self._known_tasks})",
-            )
-        self._notify_received(delivery)
-        with logger.contextualize(queue=queue, task=task_name, message_id=message.message_id):
-            try:
-                result = await invoker(body)
-            except Exception as exc:
-                logger.opt(exception=exc).debug("[{}] handler for task {} raised", queue, task_name)
-                return await self._dead_letter(
-                    message,
-                    delivery,
-                    started,
-                    DeadLetterReason.HANDLER_ERROR,
-                    f"{type(exc).__name__}: {exc}",
-                    exc,
+            body = decode_task(message.body, message.content_type, self._max_bytes)
+            delivery.task = task_name = body["task"]
+            invoker = self._invokers.get(task_name)
+            if invoker is None:
+                raise _Failure(
+                    DeadLetterReason.UNKNOWN_TASK,
+                    f"no handler for task {task_name!r} on queue {config.name!r} "
+                    f"(it handles: {self._known_tasks})",
                 )
+        except _Failure as bad_input:
+            self._notify_received(delivery)
+            await self._dead_letter(message, delivery, started, bad_input)
+            return
+        self._notify_received(delivery)
+        token = _current.set(
+            TaskContext(
+                config.name,
+                task_name,
+                message.message_id,
+                delivery.attempt,
+                self._max_attempts,
+                delivery.redelivered,
+                headers,
+            )
+        )
+        try:
+            async with asyncio.timeout(config.handler_timeout):
+                result = await invoker(body)
+        except TimeoutError as exc:
+            timed_out = _Failure(
+                DeadLetterReason.TIMEOUT,
+                f"handler did not finish within handler_timeout={config.handler_timeout:g} s",
+                exc,
+            )
+            await self._fail(message, delivery, started, timed_out)
+            return
+        except Exception as exc:
+            logger.opt(exception=exc).debug(
+                "[{}] handler for task {} raised", config.name, task_name
+            )
+            await self._fail(message, delivery, started, self._classify(exc))
+            return
+        finally:
+            _current.reset(token)
         try:
             await message.ack()
         except Exception as exc:
             logger.warning(
                 "[{}] could not ack message {} ({}: {}); the broker will deliver it again",
-                queue,
+                config.name,
                 message.message_id,
                 type(exc).__name__,
                 exc,
             )
-            return None
+            return
         self._notify_settled(
             delivery, Outcome(Settlement.ACKED, time.perf_counter() - started, result=result)
         )
-        return None
 
-    async def _reject(
+    @staticmethod
+    def _classify(exc: Exception) -> _Failure:
+        detail = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, PermanentError):
+            return _Failure(DeadLetterReason.PERMANENT_ERROR, detail, exc)
+        if isinstance(exc, ValidationError):
+            return _Failure(DeadLetterReason.INVALID_PAYLOAD, detail, exc)
+        return _Failure(DeadLetterReason.HANDLER_ERROR, detail, exc)
+
+    async def _fail(
         self,
         message: AbstractIncomingMessage,
         delivery: Delivery,
         started: float,
-        reason: DeadLetterReason,
-        detail: str,
+        failure: _Failure,
     ) -> None:
-        """A message that never reached a handler: announce it, then dead-letter it."""
-        self._notify_received(delivery)
-        await self._dead_letter(message, delivery, started, reason, detail, None)
+        """A handler failed: retry later if the queue allows it, else dead-letter."""
+        if failure.reason.retryable and delivery.attempt < self._max_attempts:
+            await self._retry(message, delivery, started, failure)
+        else:
+            await self._dead_letter(message, delivery, started, failure)
+
+    async def _retry(
+        self,
+        message: AbstractIncomingMessage,
+        delivery: Delivery,
+        started: float,
+        failure: _Failure,
+    ) -> None:
+        """Park a copy in the delay queue (the broker returns it after the delay), then ack."""
+        delay = self.config.retry_delay(delivery.attempt)
+        headers = dict(delivery.headers)
+        headers[HEADER_ATTEMPT] = delivery.attempt + 1
+        headers[HEADER_REASON] = failure.reason.value
+        headers[HEADER_ERROR] = failure.detail[:_MAX_HEADER_TEXT]
+        target = retry_queue_name(self.config, delay)
+        if not await self._publish_then_ack(message, "", target, headers, "retry"):
+            return
+        self._notify_settled(
+            delivery,
+            Outcome(
+                Settlement.RETRIED,
+                time.perf_counter() - started,
+                failure.reason,
+                failure.detail,
+                retry_in=delay,
+            ),
+        )
+
+    async def _count_redelivery(
+        self, message: AbstractIncomingMessage, delivery: Delivery, started: float
+    ) -> None:
+        """A redelivered message on a classic queue: its worker died or lost its channel.
+
+        Classic queues keep no delivery count, so the host keeps its own in a header:
+        requeue a counted copy at the tail, or dead-letter once ``delivery_limit`` is passed.
+        Quorum queues do this on the broker (``x-delivery-limit``).
+        """
+        redeliveries = _int_header(delivery.headers, HEADER_REDELIVERIES, 0) + 1
+        if redeliveries > self.config.delivery_limit:
+            self._notify_received(delivery)
+            failure = _Failure(
+                DeadLetterReason.DELIVERY_LIMIT,
+                f"delivered {redeliveries} times without being settled (the worker crashed or "
+                f"lost its connection each time); delivery_limit is {self.config.delivery_limit}",
+            )
+            await self._dead_letter(message, delivery, started, failure)
+            return
+        headers = dict(delivery.headers)
+        headers[HEADER_REDELIVERIES] = redeliveries
+        if await self._publish_then_ack(message, "", self.config.name, headers, "requeue"):
+            logger.info(
+                "[{}] message {} was delivered before without being settled ({} of {} allowed); "
+                "requeued at the tail",
+                self.config.name,
+                message.message_id,
+                redeliveries,
+                self.config.delivery_limit,
+            )
 
     async def _dead_letter(
         self,
         message: AbstractIncomingMessage,
         delivery: Delivery,
         started: float,
-        reason: DeadLetterReason,
-        detail: str,
-        exc: BaseException | None,
+        failure: _Failure,
     ) -> None:
-        """Publish an annotated copy to the DLX, confirmed, then ack the original.
-
-        If that publish fails, rejecting without requeue still dead-letters the message
-        through the queue's ``x-dead-letter-exchange`` (without our headers). Never requeued.
-        """
-        headers = dict(message.headers or {})
+        """Publish an annotated copy to the DLX, confirmed, then ack the original."""
+        headers = dict(delivery.headers)
         headers.setdefault("x-first-death-queue", self.config.name)
         headers.setdefault("x-first-death-reason", "rejected")
         headers.setdefault("x-first-death-exchange", message.exchange or "")
         headers[HEADER_QUEUE] = self.config.name
-        headers[HEADER_REASON] = reason.value
-        headers[HEADER_ERROR] = detail[:_MAX_HEADER_TEXT]
+        headers[HEADER_REASON] = failure.reason.value
+        headers[HEADER_ERROR] = failure.detail[:_MAX_HEADER_TEXT]
+        headers[HEADER_ATTEMPTS] = delivery.attempt
         headers[HEADER_DEAD_LETTERED_AT] = datetime.now(UTC).isoformat()
         if delivery.task is not None:
             headers[HEADER_TASK] = delivery.task
-        if exc is not None:
-            headers[HEADER_EXCEPTION_TYPE] = type(exc).__qualname__
-            headers[HEADER_EXCEPTION_MESSAGE] = str(exc)[:_MAX_HEADER_TEXT]
+        if failure.exc is not None:
+            headers[HEADER_EXCEPTION_TYPE] = type(failure.exc).__qualname__
+            headers[HEADER_EXCEPTION_MESSAGE] = str(failure.exc)[:_MAX_HEADER_TEXT]
+        assert self._dlx is not None
+        routing_key = message.routing_key or ""
+        if not await self._publish_then_ack(
+            message, self._dlx, routing_key, headers, "dead letter"
+        ):
+            return
+        self._notify_settled(
+            delivery,
+            Outcome(
+                Settlement.DEAD_LETTERED,
+                time.perf_counter() - started,
+                failure.reason,
+                failure.detail,
+            ),
+        )
+
+    async def _publish_then_ack(
+        self,
+        message: AbstractIncomingMessage,
+        exchange: AbstractExchange | str,
+        routing_key: str,
+        headers: dict[str, Any],
+        what: str,
+    ) -> bool:
+        """Publish a copy of ``message`` (body unchanged), wait for the confirm, then ack.
+
+        If the publish fails, reject without requeue: the broker dead-letters the original
+        through the queue's ``x-dead-letter-exchange``, so it is never requeued in a loop.
+        Returns whether the copy was published.
+        """
         copy = Message(
             message.body,
             headers=headers,
@@ -263,14 +435,16 @@ class QueueConsumer:
             app_id=message.app_id,
         )
         try:
-            assert self._dlx is not None
-            await self._dlx.publish(copy, routing_key=message.routing_key or "")
+            target = self._channel.default_exchange if isinstance(exchange, str) else exchange
+            await target.publish(copy, routing_key=routing_key)
             await message.ack()
         except Exception as publish_error:
             logger.warning(
-                "[{}] could not publish dead letter to {!r} ({}: {}); rejecting it instead",
+                "[{}] could not publish the {} of message {} ({}: {}); rejecting it to the "
+                "queue's dead-letter exchange instead",
                 self.config.name,
-                self.config.dlx_exchange_name,
+                what,
+                message.message_id,
                 type(publish_error).__name__,
                 publish_error,
             )
@@ -284,16 +458,8 @@ class QueueConsumer:
                     message.message_id,
                     reject_error,
                 )
-                return
-        self._notify_settled(
-            delivery,
-            Outcome(
-                Settlement.DEAD_LETTERED,
-                time.perf_counter() - started,
-                reason,
-                detail,
-            ),
-        )
+            return False
+        return True
 
     def _notify_received(self, delivery: Delivery) -> None:
         try:

@@ -9,6 +9,11 @@ class RabbitworkerError(Exception):
     """Base class of every error raised by rabbitworker."""
 
 
+class PermanentError(RabbitworkerError):
+    """Raise from a handler for a failure another try cannot fix (a bad payload, a deleted
+    record): the message goes to the DLQ at once, whatever ``max_retries`` says."""
+
+
 class InvalidQueueConfigError(ValueError, RabbitworkerError):
     """A :class:`~rabbitworker.QueueConfig` field has a value the host cannot use."""
 

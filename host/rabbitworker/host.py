@@ -114,7 +114,9 @@ class WorkerHost:
         for registration in self.registrations:
             config = registration.config
             channel = await self._connection.channel(on_return_raises=True)
-            consumer = QueueConsumer(config, channel, self.plugins)
+            consumer = QueueConsumer(
+                config, channel, self.plugins, max_message_bytes=self.settings.max_message_bytes
+            )
             await consumer.start()
             self.consumers.append(consumer)
             logger.info(

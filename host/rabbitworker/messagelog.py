@@ -33,6 +33,17 @@ def rabbitworker_message_settled(delivery: Delivery, outcome: Outcome) -> None:
             delivery.task,
             outcome.duration * 1000,
         )
+    elif outcome.settlement is Settlement.RETRIED:
+        logger.warning(
+            "[{}] attempt {} of message {} (task {}) failed: {}: {}; retrying in {:g} s",
+            delivery.queue,
+            delivery.attempt,
+            delivery.message_id,
+            delivery.task,
+            outcome.reason,
+            outcome.detail,
+            outcome.retry_in,
+        )
     else:
         logger.warning(
             "[{}] dead-lettered message {} (task {}): {}: {}",

@@ -59,6 +59,12 @@ class HostSettings(BaseSettings):
     publish_timeout: float = Field(
         30.0, gt=0, description="Seconds publish_task waits for the broker's confirm."
     )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description="Bodies larger than this are dead-lettered (reason too-large) without "
+        "being decoded.",
+    )
     sync_handler_threads: int | None = Field(
         None,
         ge=1,

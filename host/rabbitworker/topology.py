@@ -51,7 +51,36 @@ class Topology:
 
 def queue_arguments(config: QueueConfig) -> dict[str, Any]:
     """The ``x-`` arguments a work queue is declared with."""
-    return {"x-dead-letter-exchange": config.dlx_exchange_name}
+    arguments: dict[str, Any] = {"x-dead-letter-exchange": config.dlx_exchange_name}
+    if config.queue_type == "quorum":
+        # Always explicit: RabbitMQ 4 would otherwise apply a default limit of its own.
+        arguments["x-queue-type"] = "quorum"
+        arguments["x-delivery-limit"] = config.delivery_limit
+    return arguments
+
+
+def retry_queue_name(config: QueueConfig, delay: float) -> str:
+    """The delay queue a message of ``config`` waits in before its retry: ``q.retry.5000ms``."""
+    return f"{config.name}.retry.{round(delay * 1000)}ms"
+
+
+def retry_queues(config: QueueConfig) -> list[QueueSpec]:
+    """One queue per distinct retry delay. A retried message is published to it with no
+    consumer; when its TTL expires the broker dead-letters it through the default exchange
+    straight back to the work queue. The wait costs the host nothing."""
+    specs: dict[str, QueueSpec] = {}
+    for delay in config.retry_schedule:
+        name = retry_queue_name(config, delay)
+        specs[name] = QueueSpec(
+            name,
+            {
+                "x-message-ttl": round(delay * 1000),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": config.name,
+            },
+            (),
+        )
+    return list(specs.values())
 
 
 def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
@@ -98,6 +127,13 @@ def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
             queue_arguments(config),
             ((config.exchange_name, config.routing_key),),
         )
+        for spec in retry_queues(config):
+            if spec.name in work_queues:
+                raise TopologyConflictError(
+                    f"retry queue {spec.name!r} of queue {config.name!r} is also a work queue of "
+                    f"plugin {work_queues[spec.name].plugin.describe()}; rename one of them"
+                )
+            topology.queues[spec.name] = spec
         dlq = topology.queues.setdefault(config.dlq_name, QueueSpec(config.dlq_name, {}, ()))
         binding = (config.dlx_exchange_name, "")
         if binding not in dlq.bindings:
