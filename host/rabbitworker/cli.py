@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 import click
@@ -114,12 +114,37 @@ def run() -> None:
             )
         host = WorkerHost(settings, plugins, registrations)
         logger.info("rabbitworker-host starting on {}", settings.masked_amqp_url)
-        asyncio.run(host.run())
+        _serve(host.run())
 
     _guarded(start)
-    if any(t.name.startswith("rabbitworker-handler") for t in threading.enumerate()):
-        # A plain `def` handler still running in a thread cannot be cancelled; its message
-        # is unacknowledged already, so exit without waiting for it.
+
+
+def _serve(main_coroutine: Coroutine[Any, Any, None]) -> None:
+    """Like ``asyncio.run``, but never hangs on exit.
+
+    A handler that ignores cancellation, or a plain ``def`` handler still running in its
+    thread, cannot be stopped; their messages are unacknowledged already (the connection is
+    closed), so once the host is done the process leaves without waiting for them.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    leftovers = True
+    try:
+        loop.run_until_complete(main_coroutine)
+    finally:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=2))
+        leftovers = any(not task.done() for task in pending) or any(
+            thread.name.startswith("rabbitworker-handler") for thread in threading.enumerate()
+        )
+        if not leftovers:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+    if leftovers:
+        logger.warning("leaving handlers that did not stop behind; their messages are redelivered")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aio_pika import DeliveryMode, Message
+from aio_pika import DeliveryMode, ExchangeType, Message
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -178,9 +178,16 @@ class QueueConsumer:
         """Set the channel's QoS (per consumer, never global) and start consuming."""
         config = self.config
         await self._channel.set_qos(prefetch_count=config.prefetch_count)
+        # Declared and bound again on this robust channel (the topology module declared
+        # them already), so that aio-pika restores the queue and its binding on reconnect,
+        # and when the queue is deleted under a running host.
+        exchange = await self._channel.declare_exchange(
+            config.exchange_name, ExchangeType(config.exchange_type), durable=True
+        )
         self._queue = await self._channel.declare_queue(
             config.name, durable=True, arguments=queue_arguments(config)
         )
+        await self._queue.bind(exchange, config.routing_key)
         self._dlx = await self._channel.get_exchange(config.dlx_exchange_name, ensure=False)
         self._consumer_tag = await self._queue.consume(self._on_message)
 

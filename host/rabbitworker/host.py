@@ -25,7 +25,10 @@ class WorkerHost:
     """Everything between "plugins are loaded" and "process exits"."""
 
     def __init__(
-        self, settings: HostSettings, plugins: HostPlugins, registrations: list[QueueRegistration]
+        self,
+        settings: HostSettings,
+        plugins: HostPlugins,
+        registrations: list[QueueRegistration],
     ) -> None:
         self.settings = settings
         self.plugins = plugins
@@ -36,6 +39,21 @@ class WorkerHost:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._signals = 0
+        self._backoff: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up right now."""
+        return self._connection is not None and self._connection.connected.is_set()
+
+    @property
+    def ready(self) -> bool:
+        """Connected and consuming on every queue."""
+        return (
+            self.connected
+            and bool(self.consumers)
+            and all(consumer.consuming for consumer in self.consumers)
+        )
 
     def request_stop(self, signame: str = "stop request") -> None:
         """First call: stop gracefully. Second call: stop now, abandoning in-flight messages."""
@@ -49,8 +67,8 @@ class WorkerHost:
             self._stop.set()
         else:
             logger.warning(
-                "{} received again: stopping now; unfinished messages stay "
-                "unacknowledged and will be redelivered",
+                "{} received again: stopping now; unfinished messages stay unacknowledged "
+                "and will be redelivered",
                 signame,
             )
             self._force.set()
@@ -90,16 +108,19 @@ class WorkerHost:
             self._connection = await aio_pika.connect_robust(
                 self.settings.amqp_url,
                 timeout=self.settings.connect_timeout,
+                reconnect_interval=self.settings.reconnect_interval,
                 client_properties={
                     "connection_name": f"rabbitworker-host {socket.gethostname()}:{os.getpid()}"
                 },
             )
-        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+        except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
             raise BrokerConnectionError(
                 f"cannot connect to {url}: {type(exc).__name__}: {exc}. Is RabbitMQ running "
                 "there? Set RABBITWORKER_AMQP_URL to the broker to use."
             ) from exc
         logger.info("connected to {}", url)
+        self._connection.close_callbacks.add(self._on_connection_lost)
+        self._connection.reconnect_callbacks.add(self._on_reconnected)
         channel = await self._connection.channel()
         await declare_topology(channel, self.topology)
         await channel.close()
@@ -108,6 +129,35 @@ class WorkerHost:
             len(self.topology.exchanges),
             len(self.topology.queues),
         )
+
+    def _on_connection_lost(self, _: Any, exc: BaseException | None) -> None:
+        if self._stop.is_set() or exc is None:
+            return
+        logger.warning(
+            "lost the broker connection ({}: {}); reconnecting. Messages in flight stay "
+            "unacknowledged and will be delivered again",
+            type(exc).__name__,
+            exc,
+        )
+        if self._backoff is None or self._backoff.done():
+            self._backoff = asyncio.create_task(self._back_off())
+
+    def _on_reconnected(self, _: Any) -> None:
+        assert self._connection is not None
+        self._connection.reconnect_interval = self.settings.reconnect_interval  # type: ignore[attr-defined]
+        logger.info(
+            "reconnected to {}; re-declared and consuming again on {} queue(s)",
+            self.settings.masked_amqp_url,
+            len(self.consumers),
+        )
+
+    async def _back_off(self) -> None:
+        """aio-pika retries at a fixed interval; double it while the broker stays away."""
+        interval = self.settings.reconnect_interval
+        while self._connection is not None and not self.connected and not self._stop.is_set():
+            self._connection.reconnect_interval = interval  # type: ignore[attr-defined]
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, self.settings.reconnect_interval_max)
 
     async def _consume(self) -> None:
         assert self._connection is not None
@@ -134,12 +184,17 @@ class WorkerHost:
         logger.info("consuming from {} queue(s)", len(self.consumers))
 
     async def _drain(self) -> None:
+        cancel_timeout = min(5.0, self.settings.shutdown_timeout or 5.0)
         for consumer in self.consumers:
             try:
-                await asyncio.wait_for(consumer.stop_consuming(), timeout=5)
+                await asyncio.wait_for(consumer.stop_consuming(), timeout=cancel_timeout)
             except Exception as exc:
                 logger.warning(
-                    "[{}] could not cancel the consumer cleanly: {}", consumer.config.name, exc
+                    "[{}] could not cancel the consumer cleanly ({}: {}); closing the "
+                    "connection will",
+                    consumer.config.name,
+                    type(exc).__name__,
+                    exc,
                 )
         in_flight = sum(consumer.in_flight for consumer in self.consumers)
         if in_flight:
@@ -165,7 +220,12 @@ class WorkerHost:
             await asyncio.sleep(0)
 
     async def _close(self) -> None:
-        await close_publishers()
+        if self._backoff is not None:
+            self._backoff.cancel()
+        try:
+            await asyncio.wait_for(close_publishers(), timeout=5)
+        except Exception as exc:
+            logger.warning("closing the publisher failed: {}", exc)
         if self._connection is not None:
             try:
                 await asyncio.wait_for(self._connection.close(), timeout=5)

@@ -56,6 +56,15 @@ class HostSettings(BaseSettings):
     connect_timeout: float = Field(
         10.0, gt=0, description="Seconds to wait for the broker at start-up before giving up."
     )
+    reconnect_interval: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds before the first reconnection attempt after the broker "
+        "connection is lost; doubled after each failed attempt.",
+    )
+    reconnect_interval_max: float = Field(
+        30.0, gt=0, description="The longest wait between two reconnection attempts."
+    )
     publish_timeout: float = Field(
         30.0, gt=0, description="Seconds publish_task waits for the broker's confirm."
     )
