@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rabbitworker.errors import InvalidQueueConfigError
-
-Handler = Callable[..., Any]
+from rabbitworker.handlers import Handler, HandlerSignatureError, HandlerSpec
 
 EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
 QUEUE_TYPES = ("classic", "quorum")
@@ -175,6 +174,12 @@ class QueueConfig:
                     "`async def handler(message: dict)`",
                     queue,
                 )
+            try:
+                HandlerSpec.inspect(handler)
+            except HandlerSignatureError as exc:
+                raise InvalidQueueConfigError(
+                    "task_handlers", f"task {task!r}: {exc}", queue
+                ) from exc
         # A private copy, so a plugin mutating its dict later cannot change a running host.
         object.__setattr__(self, "task_handlers", dict(handlers))
 

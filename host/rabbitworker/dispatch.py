@@ -9,10 +9,8 @@ prefetch window is exactly the number of handlers running at once.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,14 +26,13 @@ from aio_pika.abc import (
 from loguru import logger
 from pydantic import ValidationError
 
-from rabbitworker.config import Handler, QueueConfig
+from rabbitworker.config import QueueConfig
 from rabbitworker.context import TaskContext, _current
 from rabbitworker.errors import PermanentError
 from rabbitworker.events import DeadLetterReason, Delivery, Outcome, Settlement
+from rabbitworker.handlers import HandlerSpec
 from rabbitworker.plugins import HostPlugins
 from rabbitworker.topology import queue_arguments, retry_queue_name
-
-Invoker = Callable[[dict[str, Any]], Awaitable[Any]]
 
 #: Header names the host writes. ``x-first-death-*`` follow RabbitMQ's own names.
 HEADER_QUEUE = "x-rabbitworker-queue"
@@ -63,25 +60,9 @@ class _Failure(Exception):
         self.exc = exc
 
 
-def make_invoker(handler: Handler) -> Invoker:
-    """Decide once, at start-up, how a handler is called: awaited, or run in a thread."""
-    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
-    ):
-        return handler
-
-    async def run_in_thread(message: dict[str, Any]) -> Any:
-        # to_thread copies the context, so current_task() works in plain handlers too.
-        result = await asyncio.to_thread(handler, message)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
-    return run_in_thread
-
-
 def has_sync_handlers(config: QueueConfig) -> bool:
-    return any(make_invoker(handler) is not handler for handler in config.task_handlers.values())
+    """Whether any handler of ``config`` is a plain ``def`` (it needs worker threads)."""
+    return any(not HandlerSpec.inspect(h).is_async for h in config.task_handlers.values())
 
 
 def _is_json_content_type(content_type: str | None) -> bool:
@@ -154,7 +135,9 @@ class QueueConsumer:
         self._max_attempts = 1 + config.max_retries
         self._hook_received = plugins.hook.rabbitworker_message_received
         self._hook_settled = plugins.hook.rabbitworker_message_settled
-        self._invokers = {task: make_invoker(h) for task, h in config.task_handlers.items()}
+        self._invokers = {
+            task: HandlerSpec.inspect(h).invoker() for task, h in config.task_handlers.items()
+        }
         self._known_tasks = ", ".join(sorted(self._invokers))
         self._track_redeliveries = config.queue_type == "classic"
         self._queue: AbstractQueue | None = None

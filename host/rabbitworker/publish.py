@@ -16,9 +16,18 @@ import aio_pika
 import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from loguru import logger
 
 from rabbitworker.errors import PublishError, UnroutableMessageError
 from rabbitworker.settings import HostSettings, mask_url
+
+#: Failures where the broker connection or channel went away: worth another try.
+_CONNECTION_ERRORS = (
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ConnectionClosed,
+    aiormq.exceptions.AMQPConnectionError,
+    ConnectionError,
+)
 
 
 class TaskPublisher:
@@ -56,9 +65,38 @@ class TaskPublisher:
             timestamp=datetime.now(UTC),
             headers=headers,
         )
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._publish_until_sent(message, exchange_name, routing_key)
+        except TimeoutError as exc:
+            raise PublishError(
+                f"no confirm from the broker within {self.timeout:g} s "
+                f"(RABBITWORKER_PUBLISH_TIMEOUT) for {exchange_name!r}/{routing_key!r}: is it "
+                "reachable? If it was stored after all, a retry will publish it twice."
+            ) from exc
+        return message_id
+
+    async def _publish_until_sent(
+        self, message: aio_pika.Message, exchange_name: str, routing_key: str
+    ) -> None:
+        """Publish; through a lost connection, wait for the reconnection and publish again
+        (at-least-once: a message whose confirm was lost with the connection may be sent
+        twice, never zero times)."""
+        while True:
+            try:
+                await self._publish_once(message, exchange_name, routing_key)
+                return
+            except _CONNECTION_ERRORS as exc:
+                self._forget_channel()
+                logger.debug("publish interrupted ({!r}); retrying after reconnection", exc)
+                await asyncio.sleep(0.2)
+
+    async def _publish_once(
+        self, message: aio_pika.Message, exchange_name: str, routing_key: str
+    ) -> None:
         exchange = await self._exchange(exchange_name)
         try:
-            await exchange.publish(message, routing_key, mandatory=True, timeout=self.timeout)
+            await exchange.publish(message, routing_key, mandatory=True)
         except aio_pika.exceptions.PublishError as exc:
             raise UnroutableMessageError(exchange_name, routing_key) from exc
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
@@ -72,10 +110,6 @@ class TaskPublisher:
                 f"the broker refused the message for {exchange_name!r}/{routing_key!r} "
                 f"({exc.frame}); it is not stored. Check the broker's logs (disk or memory alarm?)."
             ) from exc
-        except (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.ChannelClosed):
-            self._forget_channel()
-            raise
-        return message_id
 
     async def close(self) -> None:
         """Close the connection; the next publish opens a new one."""
