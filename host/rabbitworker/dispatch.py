@@ -128,6 +128,7 @@ class QueueConsumer:
         plugins: HostPlugins,
         *,
         max_message_bytes: int,
+        dead_letter_exchange: AbstractExchange | None = None,
     ) -> None:
         self.config = config
         self._channel = channel
@@ -141,7 +142,7 @@ class QueueConsumer:
         self._known_tasks = ", ".join(sorted(self._invokers))
         self._track_redeliveries = config.queue_type == "classic"
         self._queue: AbstractQueue | None = None
-        self._dlx: AbstractExchange | None = None
+        self._dlx: AbstractExchange | None = dead_letter_exchange
         self._consumer_tag: ConsumerTag | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
@@ -189,6 +190,11 @@ class QueueConsumer:
         for task in self._in_flight:
             task.cancel()
         return len(self._in_flight)
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Settle one delivered message: the consumer callback, also used by
+        :mod:`rabbitworker.testing` to run the same path without a broker."""
+        await self._on_message(message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()

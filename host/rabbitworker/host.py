@@ -40,6 +40,7 @@ class WorkerHost:
         self._force = asyncio.Event()
         self._signals = 0
         self._backoff: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -73,11 +74,15 @@ class WorkerHost:
             )
             self._force.set()
 
-    async def run(self) -> None:
-        """Serve until :meth:`request_stop`; raise on a start-up failure."""
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Serve until :meth:`request_stop` (or SIGTERM/SIGINT); raise on a start-up failure.
+
+        :param handle_signals: install the SIGTERM/SIGINT handlers (off when embedded).
+        """
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop, sig.name)
         executor = self._thread_pool()
         if executor is not None:
             loop.set_default_executor(executor)
@@ -85,6 +90,7 @@ class WorkerHost:
         try:
             await self._connect()
             await self._consume()
+            self.started.set()
             await self._stop.wait()
             await self._drain()
         finally:

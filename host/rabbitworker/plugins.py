@@ -59,15 +59,7 @@ class HostPlugins:
         :raises PluginHookError: a plugin implements a hook wrongly or one that does not exist.
         """
         plugins = cls()
-        host_version = _dist_version("rabbitworker-host")
-        for module_name in BUILTIN_PLUGINS:
-            info = PluginInfo(
-                name=module_name,
-                distribution="rabbitworker-host",
-                version=host_version,
-                module=module_name,
-            )
-            plugins.register(importlib.import_module(module_name), info)
+        plugins._register_builtins()
         if not settings.disable_plugin_autoload:
             for entry_point in discover_entry_points():
                 info = _entry_point_info(entry_point)
@@ -89,6 +81,41 @@ class HostPlugins:
                 raise PluginLoadError(info, exc) from exc
             plugins.register(plugin, info)
         return plugins
+
+    @classmethod
+    def select(cls, *selection: str | object) -> HostPlugins:
+        """Built-ins plus exactly the plugins named: installed entry-point names, importable
+        module paths, or plugin objects (modules, instances). For tests and tools.
+
+        :raises PluginLoadError: a named plugin failed to import.
+        """
+        plugins = cls()
+        plugins._register_builtins()
+        installed = {entry_point.name: entry_point for entry_point in discover_entry_points()}
+        for item in selection:
+            if not isinstance(item, str):
+                name = getattr(item, "__name__", None) or type(item).__name__
+                plugins.register(item, _module_info(name) if "." in name else PluginInfo(name))
+                continue
+            entry_point = installed.get(item)
+            info = _entry_point_info(entry_point) if entry_point else _module_info(item)
+            try:
+                plugin = entry_point.load() if entry_point else importlib.import_module(item)
+            except Exception as exc:
+                raise PluginLoadError(info, exc) from exc
+            plugins.register(plugin, info)
+        return plugins
+
+    def _register_builtins(self) -> None:
+        host_version = _dist_version("rabbitworker-host")
+        for module_name in BUILTIN_PLUGINS:
+            info = PluginInfo(
+                name=module_name,
+                distribution="rabbitworker-host",
+                version=host_version,
+                module=module_name,
+            )
+            self.register(importlib.import_module(module_name), info)
 
     def register(self, plugin: object, info: PluginInfo) -> None:
         """Register one plugin object, checking its hooks against the specs."""

@@ -1,0 +1,481 @@
+"""Test your rabbitworker plugin: a pytest plugin, registered through ``pytest11``.
+
+Two fixtures, both factories taking plugins by entry-point name, module path or object:
+
+``rabbitworker_worker``
+    Runs the plugins **in-process, without a broker**, through the host's real dispatch
+    path (:class:`rabbitworker.dispatch.QueueConsumer`): the code that decides acked,
+    retried or dead-lettered in production decides it here. Push a message, get its
+    :class:`MessageResult`::
+
+        async def test_send_email(rabbitworker_worker):
+            worker = await rabbitworker_worker("notifications")
+            result = await worker.push({"task": "send_email", "payload": {...}},
+                                       routing_key="notifications")
+            assert result.acked
+
+``rabbitworker_broker_host``
+    Starts a real host for the plugins against a real RabbitMQ in a throwaway vhost
+    (created and deleted through the management API), with helpers to publish, wait for
+    outcomes and read the DLQ. Set ``RABBITWORKER_TEST_AMQP_URL`` and
+    ``RABBITWORKER_TEST_MANAGEMENT_URL`` if the broker is not on localhost.
+
+Needs ``pip install 'rabbitworker-host[testing]'`` (pytest-asyncio and httpx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+from urllib.parse import quote, urlsplit
+
+import orjson
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from rabbitworker.dispatch import QueueConsumer
+from rabbitworker.events import Delivery, Outcome, Settlement
+from rabbitworker.hookspecs import hookimpl
+from rabbitworker.plugins import HostPlugins, QueueRegistration
+from rabbitworker.settings import HostSettings
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - the fixtures then explain what to install
+    pytest_asyncio = None  # type: ignore[assignment]
+
+DEFAULT_TEST_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_TEST_MANAGEMENT_URL = "http://guest:guest@127.0.0.1:15672/"
+
+
+@dataclass
+class MessageResult:
+    """What became of one message, after every retry.
+
+    :param settlement: ``"acked"``, ``"dead-lettered"`` (or ``"retried"`` when retries are
+        not followed).
+    :param reason: the dead-letter (or retry) reason, e.g. ``"handler-error"``.
+    :param detail: the readable cause, e.g. ``"ValueError: bad address"``.
+    :param attempts: how many times a handler ran for it.
+    :param result: the handler's return value, for acked messages.
+    :param headers: the AMQP headers of the dead-lettered copy.
+    """
+
+    message_id: str
+    settlement: str
+    reason: str | None = None
+    detail: str | None = None
+    attempts: int = 0
+    result: Any = None
+    headers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def acked(self) -> bool:
+        return self.settlement == Settlement.ACKED
+
+    @property
+    def dead_lettered(self) -> bool:
+        return self.settlement == Settlement.DEAD_LETTERED
+
+
+class _OutcomeRecorder:
+    """A plugin on the per-message hooks that remembers every settlement by message id."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, list[tuple[Delivery, Outcome]]] = {}
+        self.changed = asyncio.Event()
+
+    @hookimpl
+    def rabbitworker_message_settled(self, delivery: Delivery, outcome: Outcome) -> None:
+        self.outcomes.setdefault(delivery.message_id or "", []).append((delivery, outcome))
+        self.changed.set()
+
+    def final(self, message_id: str) -> list[tuple[Delivery, Outcome]] | None:
+        """All settlements of a message once it is acked or dead-lettered."""
+        history = self.outcomes.get(message_id, [])
+        if history and history[-1][1].settlement is not Settlement.RETRIED:
+            return history
+        return None
+
+
+def _result(message_id: str, history: list[tuple[Delivery, Outcome]]) -> MessageResult:
+    outcome = history[-1][1]
+    ran = sum(1 for _, o in history if o.reason is None or o.reason.value in _HANDLER_RAN)
+    return MessageResult(
+        message_id=message_id,
+        settlement=outcome.settlement.value,
+        reason=outcome.reason.value if outcome.reason else None,
+        detail=outcome.detail,
+        attempts=ran,
+        result=outcome.result,
+    )
+
+
+#: Reasons given after a handler ran (the others stop a message before any handler).
+_HANDLER_RAN = {"handler-error", "timeout", "permanent-error", "invalid-payload"}
+
+
+# -- in-process, no broker -----------------------------------------------------------------
+
+
+@dataclass
+class _Published:
+    exchange: str
+    routing_key: str
+    message: Any
+
+
+class _InMemoryExchange:
+    """Stands where the host publishes dead letters and retries; keeps what it is given."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.published: list[_Published] = []
+
+    async def publish(self, message: Any, routing_key: str, **_: Any) -> None:
+        self.published.append(_Published(self.name, routing_key, message))
+
+
+class _InMemoryChannel:
+    def __init__(self) -> None:
+        self.default_exchange = _InMemoryExchange("")
+        self.is_closed = False
+
+
+class _InMemoryMessage:
+    """The parts of an incoming AMQP message the dispatch path reads."""
+
+    def __init__(
+        self,
+        body: bytes,
+        *,
+        routing_key: str,
+        exchange: str,
+        headers: dict[str, Any] | None = None,
+        message_id: str | None = None,
+        content_type: str | None = "application/json",
+        redelivered: bool = False,
+    ) -> None:
+        self.body = body
+        self.routing_key = routing_key
+        self.exchange = exchange
+        self.headers = dict(headers or {})
+        self.message_id = message_id
+        self.content_type = content_type
+        self.redelivered = redelivered
+        self.content_encoding = None
+        self.priority = None
+        self.correlation_id = None
+        self.reply_to = None
+        self.timestamp = datetime.now(UTC)
+        self.type = None
+        self.app_id = None
+        self.settled: str | None = None
+
+    async def ack(self, multiple: bool = False) -> None:
+        self._settle("ack")
+
+    async def reject(self, requeue: bool = False) -> None:
+        self._settle("reject")
+
+    def _settle(self, how: str) -> None:
+        if self.settled is not None:
+            raise RuntimeError(f"message {self.message_id} settled twice ({self.settled}, {how})")
+        self.settled = how
+
+
+class WorkerUnderTest:
+    """Plugins running through the host's dispatch path, fed by :meth:`push`."""
+
+    def __init__(self, plugins: HostPlugins, settings: HostSettings) -> None:
+        self.plugins = plugins
+        self.settings = settings
+        self._recorder = _OutcomeRecorder()
+        plugins.register(self._recorder, _recorder_info())
+        self.registrations: list[QueueRegistration] = plugins.collect_queues()
+        self._channels: dict[str, _InMemoryChannel] = {}
+        self._dead_letter_exchanges: dict[str, _InMemoryExchange] = {}
+        self._consumers: dict[str, QueueConsumer] = {}
+        for registration in self.registrations:
+            config = registration.config
+            channel = _InMemoryChannel()
+            dlx = self._dead_letter_exchanges.setdefault(
+                config.dlx_exchange_name, _InMemoryExchange(config.dlx_exchange_name)
+            )
+            self._channels[config.name] = channel
+            self._consumers[config.name] = QueueConsumer(
+                config,
+                cast(AbstractChannel, channel),
+                plugins,
+                max_message_bytes=settings.max_message_bytes,
+                dead_letter_exchange=cast(AbstractExchange, dlx),
+            )
+
+    @property
+    def queues(self) -> list[str]:
+        """The queue names the chosen plugins contribute."""
+        return list(self._consumers)
+
+    def dead_letters(self, dlx: str = "tasks.dlx") -> list[tuple[bytes, dict[str, Any]]]:
+        """Body and headers of every message dead-lettered through ``dlx`` so far."""
+        exchange = self._dead_letter_exchanges.get(dlx)
+        if exchange is None:
+            return []
+        return [(p.message.body, dict(p.message.headers or {})) for p in exchange.published]
+
+    async def push(
+        self,
+        body: dict[str, Any] | bytes,
+        *,
+        queue: str | None = None,
+        routing_key: str | None = None,
+        exchange: str = "tasks",
+        headers: dict[str, Any] | None = None,
+        content_type: str | None = "application/json",
+        message_id: str | None = None,
+        redelivered: bool = False,
+        follow_retries: bool = True,
+    ) -> MessageResult:
+        """Deliver one message to a queue (by name, or by routing key) and settle it.
+
+        Retries are followed at once (their delay is the broker's business), so the result
+        is the final one, unless ``follow_retries=False``.
+        """
+        name = self._route(queue, routing_key, exchange)
+        consumer, channel = self._consumers[name], self._channels[name]
+        message_id = message_id or uuid.uuid4().hex
+        message = _InMemoryMessage(
+            body if isinstance(body, bytes) else orjson.dumps(body),
+            routing_key=routing_key if routing_key is not None else name,
+            exchange=exchange,
+            headers=headers,
+            message_id=message_id,
+            content_type=content_type,
+            redelivered=redelivered,
+        )
+        while True:
+            already = len(channel.default_exchange.published)
+            await consumer.handle(cast(AbstractIncomingMessage, message))
+            if message.settled is None:
+                raise AssertionError(f"message {message_id} was neither acked nor rejected")
+            history = self._recorder.outcomes.get(message_id, [])
+            requeued = channel.default_exchange.published[already:]
+            last = history[-1][1] if history else None
+            if (
+                requeued
+                and follow_retries
+                and (last is None or last.settlement is Settlement.RETRIED)
+            ):
+                copy = requeued[-1].message
+                message = _InMemoryMessage(
+                    copy.body,
+                    routing_key=message.routing_key,
+                    exchange=message.exchange,
+                    headers=dict(copy.headers or {}),
+                    message_id=message_id,
+                    content_type=copy.content_type,
+                )
+                continue
+            if not history:
+                raise AssertionError(f"message {message_id} was settled without an outcome")
+            result = _result(message_id, history)
+            if result.dead_lettered:
+                for body_, dead_headers in reversed(self.dead_letters(self._dlx_of(name))):
+                    if dead_headers.get("x-rabbitworker-queue") == name and body_ == message.body:
+                        result.headers = dead_headers
+                        break
+            return result
+
+    def _dlx_of(self, queue: str) -> str:
+        return self._consumers[queue].config.dlx_exchange_name
+
+    def _route(self, queue: str | None, routing_key: str | None, exchange: str) -> str:
+        if queue is not None:
+            if queue not in self._consumers:
+                raise LookupError(f"no plugin under test has queue {queue!r}: {self.queues}")
+            return queue
+        if routing_key is None:
+            raise TypeError("give queue= or routing_key=")
+        matches = [
+            r.config.name
+            for r in self.registrations
+            if r.config.exchange_name == exchange and r.config.routing_key == routing_key
+        ]
+        if len(matches) != 1:
+            raise LookupError(
+                f"routing key {routing_key!r} on exchange {exchange!r} reaches "
+                f"{matches or 'no queue'}; pass queue= to choose"
+            )
+        return matches[0]
+
+
+def _recorder_info() -> Any:
+    from rabbitworker.errors import PluginInfo
+
+    return PluginInfo(name=f"rabbitworker.testing-{uuid.uuid4().hex[:6]}", module=__name__)
+
+
+# -- a real host on a real broker ----------------------------------------------------------
+
+
+class BrokerHost:
+    """A real :class:`~rabbitworker.host.WorkerHost` in this process, on a throwaway vhost."""
+
+    def __init__(self, amqp_url: str, vhost: str, plugins: HostPlugins) -> None:
+        from rabbitworker.host import WorkerHost
+        from rabbitworker.publish import TaskPublisher
+
+        self.amqp_url = amqp_url
+        self.vhost = vhost
+        self.settings = HostSettings(amqp_url=amqp_url, shutdown_timeout=10)
+        self._recorder = _OutcomeRecorder()
+        plugins.register(self._recorder, _recorder_info())
+        self.host = WorkerHost(self.settings, plugins, plugins.collect_queues())
+        self._publisher = TaskPublisher(amqp_url)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.host.run(handle_signals=False))
+        started = asyncio.ensure_future(self.host.started.wait())
+        done, _ = await asyncio.wait({self._task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done:
+            started.cancel()
+            self._task.result()
+
+    async def stop(self) -> None:
+        await self._publisher.close()
+        if self._task is not None and not self._task.done():
+            self.host.request_stop("test teardown")
+            await self._task
+
+    async def publish(
+        self,
+        body: dict[str, Any],
+        routing_key: str,
+        *,
+        exchange: str = "tasks",
+        message_id: str | None = None,
+    ) -> str:
+        """Publish with confirms (like ``publish_task``) and return the message id."""
+        return await self._publisher.publish(
+            body, routing_key, exchange_name=exchange, message_id=message_id
+        )
+
+    async def wait_for(self, message_id: str, timeout: float = 15.0) -> MessageResult:  # noqa: ASYNC109
+        """Wait until the message is acked or dead-lettered (after any retries)."""
+        async with asyncio.timeout(timeout):
+            while (history := self._recorder.final(message_id)) is None:
+                self._recorder.changed.clear()
+                await self._recorder.changed.wait()
+        return _result(message_id, history)
+
+    async def dead_letters(self, dlq: str = "tasks.dlq") -> list[tuple[bytes, dict[str, Any]]]:
+        """Take every message now in ``dlq`` (body and headers); they leave the DLQ."""
+        import aio_pika
+
+        connection = await aio_pika.connect(self.amqp_url)
+        try:
+            channel = await connection.channel()
+            queue = await channel.get_queue(dlq)
+            taken = []
+            while (message := await queue.get(fail=False, no_ack=True)) is not None:
+                taken.append((message.body, dict(message.headers or {})))
+            return taken
+        finally:
+            await connection.close()
+
+
+def _vhost_url(base: str, vhost: str) -> str:
+    parts = urlsplit(base)
+    return parts._replace(path="/" + quote(vhost, safe="")).geturl()
+
+
+async def _management(method: str, path: str, **kwargs: Any) -> None:
+    import httpx
+
+    base = os.environ.get("RABBITWORKER_TEST_MANAGEMENT_URL", DEFAULT_TEST_MANAGEMENT_URL)
+    parts = urlsplit(base)
+    auth = (parts.username or "guest", parts.password or "guest")
+    host = parts.hostname or "127.0.0.1"
+    root = parts._replace(netloc=host + (f":{parts.port}" if parts.port else ""))
+    async with httpx.AsyncClient(base_url=root.geturl().rstrip("/") + "/api/", auth=auth) as http:
+        response = await http.request(method, path, timeout=30, **kwargs)
+        if response.status_code >= 400:
+            raise RuntimeError(
+                f"RabbitMQ management API {method} {path}: {response.status_code} "
+                f"{response.text}. Is the management plugin enabled "
+                "(rabbitmq-plugins enable rabbitmq_management)?"
+            )
+
+
+# -- the fixtures --------------------------------------------------------------------------
+
+
+def _need_pytest_asyncio() -> None:
+    if pytest_asyncio is None:
+        pytest.fail(
+            "rabbitworker's fixtures need pytest-asyncio: pip install 'rabbitworker-host[testing]'"
+        )
+
+
+def _fixture(function: Callable[..., Any]) -> Any:
+    if pytest_asyncio is None:
+        return pytest.fixture(function)
+    return pytest_asyncio.fixture(function)
+
+
+@_fixture
+async def rabbitworker_worker() -> AsyncIterator[Callable[..., Awaitable[WorkerUnderTest]]]:
+    """Factory: ``await rabbitworker_worker("my_plugin", ...)`` → :class:`WorkerUnderTest`.
+
+    Start-up hooks run when it is made, shut-down hooks at the end of the test.
+    """
+    _need_pytest_asyncio()
+    made: list[WorkerUnderTest] = []
+
+    async def make(*plugins: str | object, settings: HostSettings | None = None) -> WorkerUnderTest:
+        settings = settings or HostSettings()
+        worker = WorkerUnderTest(HostPlugins.select(*plugins), settings)
+        await worker.plugins.startup(settings)
+        made.append(worker)
+        return worker
+
+    yield make
+    for worker in made:
+        await worker.plugins.shutdown(worker.settings)
+
+
+@_fixture
+async def rabbitworker_broker_host() -> AsyncIterator[Callable[..., Awaitable[BrokerHost]]]:
+    """Factory: ``await rabbitworker_broker_host("my_plugin")`` → a running :class:`BrokerHost`
+    on its own vhost, stopped and deleted at the end of the test."""
+    _need_pytest_asyncio()
+    made: list[BrokerHost] = []
+
+    async def make(*plugins: str | object) -> BrokerHost:
+        vhost = f"rabbitworker-test-{uuid.uuid4().hex[:12]}"
+        base = os.environ.get("RABBITWORKER_TEST_AMQP_URL", DEFAULT_TEST_AMQP_URL)
+        user = urlsplit(base).username or "guest"
+        path = quote(vhost, safe="")
+        await _management("PUT", f"vhosts/{path}")
+        await _management(
+            "PUT",
+            f"permissions/{path}/{quote(user, safe='')}",
+            json={"configure": ".*", "write": ".*", "read": ".*"},
+        )
+        host = BrokerHost(_vhost_url(base, vhost), vhost, HostPlugins.select(*plugins))
+        made.append(host)
+        await host.start()
+        return host
+
+    yield make
+    for host in made:
+        try:
+            await host.stop()
+        finally:
+            await _management("DELETE", f"vhosts/{quote(host.vhost, safe='')}")
