@@ -8,6 +8,7 @@ from rabbitworker.config import QueueConfig
 from rabbitworker.context import TaskContext, current_task
 from rabbitworker.errors import (
     BrokerConnectionError,
+    BrokerTopologyMismatchError,
     DuplicateQueueError,
     InvalidQueueConfigError,
     PermanentError,
@@ -27,6 +28,7 @@ from rabbitworker.settings import HostSettings
 
 __all__ = [
     "BrokerConnectionError",
+    "BrokerTopologyMismatchError",
     "DeadLetterReason",
     "Delivery",
     "DuplicateQueueError",

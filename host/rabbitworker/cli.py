@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from rabbitworker.errors import (
     BrokerConnectionError,
+    BrokerTopologyMismatchError,
     PluginError,
     RabbitworkerError,
     TopologyConflictError,
@@ -54,8 +55,10 @@ def _guarded(action: Callable[[], Any]) -> Any:
         return action()
     except PluginError as exc:
         _fail(str(exc), EXIT_CONFIG)
+    except BrokerTopologyMismatchError as exc:
+        _fail(f"topology conflict with the broker: {exc}", EXIT_BROKER)
     except TopologyConflictError as exc:
-        _fail(f"topology conflict: {exc}", EXIT_BROKER if "broker" in str(exc) else EXIT_CONFIG)
+        _fail(f"topology conflict between queues: {exc}", EXIT_CONFIG)
     except BrokerConnectionError as exc:
         _fail(str(exc), EXIT_BROKER)
     except RabbitworkerError as exc:

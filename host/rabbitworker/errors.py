@@ -102,7 +102,12 @@ class DuplicateQueueError(PluginError):
 
 
 class TopologyConflictError(RabbitworkerError):
-    """Two queues ask for the same exchange with different settings."""
+    """The plugins' queues contradict each other (one exchange wanted with two types, one
+    routing key bound by two queues of a direct exchange, a DLQ that is a work queue)."""
+
+
+class BrokerTopologyMismatchError(TopologyConflictError):
+    """An exchange or queue already exists on the broker with other settings."""
 
 
 class BrokerConnectionError(RabbitworkerError):

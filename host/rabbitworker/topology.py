@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractChannel
 from loguru import logger
 
 from rabbitworker.config import QueueConfig
-from rabbitworker.errors import TopologyConflictError
+from rabbitworker.errors import BrokerTopologyMismatchError, TopologyConflictError
 from rabbitworker.plugins import QueueRegistration
 
 #: Dead-letter exchanges are fanouts: every message dead-lettered through one reaches every
@@ -100,6 +100,7 @@ def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
             )
 
     work_queues = {registration.config.name: registration for registration in registrations}
+    bound: dict[tuple[str, str], QueueRegistration] = {}
     for registration in registrations:
         config, owner = registration.config, registration.plugin.describe()
         want_exchange(
@@ -127,6 +128,18 @@ def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
             queue_arguments(config),
             ((config.exchange_name, config.routing_key),),
         )
+        if config.exchange_type == "direct":
+            other = bound.setdefault((config.exchange_name, config.routing_key), registration)
+            if other is not registration:
+                shared = sorted(set(other.config.tasks) & set(config.tasks))
+                raise TopologyConflictError(
+                    f"queues {other.config.name!r} (plugin {other.plugin.describe()}) and "
+                    f"{config.name!r} (plugin {owner}) are both bound to exchange "
+                    f"{config.exchange_name!r} with routing key {config.routing_key!r}, so "
+                    "every task message would be copied to both and run twice"
+                    + (f" (both handle {', '.join(shared)})" if shared else "")
+                    + ". Give one of them another routing_key (or exchange_name)."
+                )
         for spec in retry_queues(config):
             if spec.name in work_queues:
                 raise TopologyConflictError(
@@ -184,8 +197,8 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
             await queue.bind(exchanges[exchange_name], routing_key)
 
 
-def _conflict(what: str, wanted: str, exc: Exception) -> TopologyConflictError:
-    return TopologyConflictError(
+def _conflict(what: str, wanted: str, exc: Exception) -> BrokerTopologyMismatchError:
+    return BrokerTopologyMismatchError(
         f"{what} already exists on the broker with other settings than {wanted} "
         f"(broker said: {exc}). Delete it (rabbitmqctl delete_queue / the management UI) if "
         "nothing depends on it, or change the QueueConfig to match."
