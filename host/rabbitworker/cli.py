@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -191,3 +192,30 @@ def queues(as_json: bool) -> None:
             f"{plugin['name']} ({dist})",
         )
     Console(width=160).print(table)
+
+
+@main.command("new-plugin")
+@click.argument("name")
+@click.option(
+    "--directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to create the plugin's folder.",
+)
+def new_plugin(name: str, directory: Path) -> None:
+    """Create a new plugin package NAME: one queue, one typed task, its tests, a README.
+
+    Writes rabbitworker-NAME/ (pyproject with the entry point, src/rabbitworker_NAME/,
+    tests/ using rabbitworker's pytest fixtures). Then: cd rabbitworker-NAME &&
+    pip install -e '.[test]' && pytest.
+    """
+    from rabbitworker.scaffold import write_plugin
+
+    setup_logging()
+    try:
+        root = write_plugin(name, directory)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_ERROR)
+    click.echo(f"created {root}")
+    click.echo(f"next: cd {root} && pip install -e '.[test]' && pytest")
