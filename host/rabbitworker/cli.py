@@ -1,7 +1,9 @@
 """The ``rabbitworker-host`` command.
 
-Exit codes: 0 clean stop, 1 unexpected error, 2 usage error, 3 a plugin or the
-configuration is at fault, 4 the broker cannot be reached or disagrees with the topology.
+Exit codes, the same for every subcommand: 0 success, 1 unexpected error, 2 usage error,
+3 a plugin or the configuration is at fault, 4 the broker cannot be reached or has an
+entity with other settings, 5 ``check --broker`` found the broker's topology missing or
+different from the plugins'.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
+import aio_pika
 import click
 from loguru import logger
 from pydantic import ValidationError
@@ -27,12 +30,14 @@ from rabbitworker.errors import (
     TopologyConflictError,
 )
 from rabbitworker.logs import secret_forms, setup_logging
+from rabbitworker.overrides import apply_overrides
 from rabbitworker.plugins import HostPlugins, QueueRegistration, iter_plugin_rows
 from rabbitworker.settings import HostSettings, url_password
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 3
 EXIT_BROKER = 4
+EXIT_DRIFT = 5
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -68,7 +73,41 @@ def _guarded(action: Callable[[], Any]) -> Any:
 
 def _load(settings: HostSettings) -> tuple[HostPlugins, list[QueueRegistration]]:
     plugins = HostPlugins.load(settings)
-    return plugins, plugins.collect_queues()
+    return plugins, apply_overrides(plugins.collect_queues(), settings)
+
+
+def _broker(action: Callable[[], Any], settings: HostSettings) -> Any:
+    """Run a broker-touching action; an unreachable broker is exit code 4, not a traceback."""
+    try:
+        return action()
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPConnectionError) as exc:
+        _fail(
+            f"cannot connect to {settings.masked_amqp_url}: {type(exc).__name__}: {exc}. "
+            "Is RabbitMQ running? Set RABBITWORKER_AMQP_URL.",
+            EXIT_BROKER,
+        )
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    # Piped output is not wrapped at 80 columns: it is read by people in logs and CI.
+    Console(width=None if sys.stdout.isatty() else 250).print(table)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+JSON_OPTION = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON on stdout (logs still go to stderr)."
+)
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -167,31 +206,366 @@ def queues(as_json: bool) -> None:
     _, registrations = _guarded(lambda: _load(settings))
     rows = iter_plugin_rows(registrations)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        _echo_json(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title="rabbitworker queues")
-    for column in ("queue", "routing key", "exchange", "prefetch", "DLX → DLQ", "tasks", "plugin"):
-        table.add_column(column)
-    for row in rows:
-        plugin = row["plugin"]
-        dist = (
-            f"{plugin['distribution']} {plugin['version'] or ''}".strip()
-            if plugin["distribution"]
-            else "-"
+    def value(row: dict[str, Any], field: str) -> str:
+        source = row["overrides"].get(field)
+        shown = row[field]
+        if isinstance(shown, list):
+            shown = ", ".join(f"{d:g}s" for d in shown)
+        else:
+            shown = f"{shown:g}" if isinstance(shown, float) else str(shown)
+        return f"{shown} ({source})" if source else shown
+
+    _table(
+        "rabbitworker queues",
+        [
+            "queue",
+            "routing key",
+            "exchange",
+            "prefetch",
+            "retries",
+            "timeout",
+            "DLX → DLQ",
+            "tasks",
+            "plugin",
+        ],
+        [
+            [
+                row["queue"],
+                row["routing_key"],
+                row["exchange"],
+                value(row, "prefetch_count"),
+                value(row, "max_retries"),
+                value(row, "handler_timeout") + "s",
+                f"{row['dlx']} → {row['dlq']}",
+                ", ".join(row["tasks"]),
+                _plugin_label(row["plugin"]),
+            ]
+            for row in rows
+        ],
+    )
+
+
+def _plugin_label(plugin: dict[str, Any]) -> str:
+    if not plugin["distribution"]:
+        return str(plugin["name"])
+    return f"{plugin['name']} ({plugin['distribution']} {plugin['version'] or ''})".strip()
+
+
+@main.command()
+@JSON_OPTION
+def plugins(as_json: bool) -> None:
+    """List the loaded plugins: distribution, version, and the queues and tasks of each."""
+    settings = _settings()
+    loaded, registrations = _guarded(lambda: _load(settings))
+    rows = []
+    for plugin in loaded.plugins:
+        mine = [r.config for r in registrations if r.plugin == plugin]
+        rows.append(
+            {
+                "name": plugin.name,
+                "distribution": plugin.distribution,
+                "version": plugin.version,
+                "module": plugin.module,
+                "queues": [config.name for config in mine],
+                "tasks": sorted({task for config in mine for task in config.tasks}),
+            }
         )
-        table.add_row(
-            row["queue"],
-            row["routing_key"],
-            row["exchange"],
-            str(row["prefetch_count"]),
-            f"{row['dlx']} → {row['dlq']}",
-            ", ".join(row["tasks"]),
-            f"{plugin['name']} ({dist})",
+    if as_json:
+        _echo_json(rows)
+        return
+    _table(
+        "rabbitworker plugins",
+        ["plugin", "distribution", "version", "queues", "tasks"],
+        [
+            [
+                r["name"],
+                r["distribution"] or "-",
+                r["version"] or "-",
+                ", ".join(r["queues"]),
+                ", ".join(r["tasks"]),
+            ]
+            for r in rows
+        ],
+    )
+
+
+@main.command()
+@click.option("--broker", is_flag=True, help="Also compare with the live broker's topology.")
+@JSON_OPTION
+def check(broker: bool, as_json: bool) -> None:
+    """Validate plugins and settings without consuming anything.
+
+    Exit 0 when all is well, 3 when a plugin or setting is at fault. With --broker, also
+    compares every wanted exchange and queue with the broker, reports queue depths,
+    consumers and DLQ depths, and exits 4 if the broker is unreachable, 5 if something is
+    missing or declared with other settings.
+    """
+    from rabbitworker.topology import plan_topology
+
+    settings = _settings()
+    _, registrations = _guarded(lambda: _load(settings))
+    topology = _guarded(lambda: plan_topology(registrations))
+    report: dict[str, Any] = {
+        "plugins_ok": True,
+        "queues": len(registrations),
+        "exchanges": len(topology.exchanges),
+    }
+    if not broker:
+        if as_json:
+            _echo_json(report)
+        else:
+            click.echo(
+                f"ok: {len(registrations)} queue(s) from the installed plugins are valid "
+                f"({len(topology.exchanges)} exchange(s), {len(topology.queues)} queue(s) "
+                "to declare)"
+            )
+        return
+    from rabbitworker.brokercheck import compare
+
+    statuses = _broker(lambda: asyncio.run(compare(settings.amqp_url, topology)), settings)
+    drift = [s for s in statuses if s.status != "ok"]
+    report["broker"] = [s.as_dict() for s in statuses]
+    report["broker_ok"] = not drift
+    if as_json:
+        _echo_json(report)
+    else:
+        _table(
+            f"broker topology at {settings.masked_amqp_url}",
+            ["kind", "name", "role", "status", "messages", "consumers", "detail"],
+            [
+                [
+                    s.kind,
+                    s.name,
+                    s.role,
+                    s.status,
+                    "" if s.messages is None else str(s.messages),
+                    "" if s.consumers is None else str(s.consumers),
+                    s.detail,
+                ]
+                for s in statuses
+            ],
         )
-    Console(width=160).print(table)
+    if drift:
+        sys.exit(EXIT_DRIFT)
+
+
+@main.command()
+@click.argument("task")
+@click.option("--routing-key", "-k", required=True, help="The queue's routing key.")
+@click.option("--payload", help='The task\'s payload as JSON, e.g. \'{"to": "a@b.c"}\'.')
+@click.option(
+    "--payload-file", type=click.File("rb"), help="Read the payload JSON from a file (- = stdin)."
+)
+@click.option("--exchange", default="tasks", show_default=True, help="The exchange to publish to.")
+@JSON_OPTION
+def publish(
+    task: str,
+    routing_key: str,
+    payload: str | None,
+    payload_file: Any,
+    exchange: str,
+    as_json: bool,
+) -> None:
+    """Publish TASK with a payload, persistent, and wait for the broker's confirm.
+
+    When the task's handler declares a payload model, the payload is validated against it
+    first (exit 3 on a mismatch, nothing sent). Prints the message id.
+    """
+    from rabbitworker.handlers import HandlerSpec
+    from rabbitworker.publish import TaskPublisher
+
+    settings = _settings()
+    if payload is not None and payload_file is not None:
+        raise click.UsageError("give --payload or --payload-file, not both")
+    raw = payload_file.read() if payload_file is not None else (payload or "{}")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        _fail(f"the payload is not JSON: {exc}", EXIT_CONFIG)
+    _, registrations = _guarded(lambda: _load(settings))
+    targets = [
+        r.config
+        for r in registrations
+        if r.config.exchange_name == exchange and r.config.routing_key == routing_key
+    ]
+    for config in targets:
+        handler = config.task_handlers.get(task)
+        model = HandlerSpec.inspect(handler).payload_model if handler else None
+        if model is not None:
+            try:
+                model.model_validate(data)
+            except ValidationError as exc:
+                _fail(
+                    f"payload does not match {model.__name__} of task {task!r}: {exc}", EXIT_CONFIG
+                )
+    if registrations and not any(task in config.task_handlers for config in targets):
+        logger.warning(
+            "no installed plugin handles task {!r} on routing key {!r}; it will be "
+            "dead-lettered as unknown-task if a queue receives it",
+            task,
+            routing_key,
+        )
+
+    async def send() -> str:
+        publisher = TaskPublisher(
+            settings.amqp_url,
+            timeout=settings.publish_timeout,
+            connect_timeout=settings.connect_timeout,
+        )
+        try:
+            return await publisher.publish(
+                {"task": task, "payload": data}, routing_key, exchange_name=exchange
+            )
+        finally:
+            await publisher.close()
+
+    message_id = _guarded(lambda: asyncio.run(send()))
+    if as_json:
+        _echo_json(
+            {
+                "message_id": message_id,
+                "task": task,
+                "routing_key": routing_key,
+                "exchange": exchange,
+            }
+        )
+    else:
+        click.echo(message_id)
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect, replay and purge dead-letter queues."""
+
+
+@dlq.command("show")
+@click.argument("queue", default="tasks.dlq")
+@click.option("--limit", type=click.IntRange(min=1), help="Show at most this many.")
+@JSON_OPTION
+def dlq_show(queue: str, limit: int | None, as_json: bool) -> None:
+    """Show the dead letters in QUEUE (default tasks.dlq), oldest first.
+
+    For each: task, source queue, reason, attempts, time, message id and body. The DLQ is
+    left exactly as it was (nothing removed or reordered).
+    """
+    from rabbitworker import dlq as dead_letters
+
+    settings = _settings()
+    letters = _dlq_call(lambda: dead_letters.show(settings.amqp_url, queue, limit), settings)
+    if as_json:
+        _echo_json([letter.as_dict() for letter in letters])
+        return
+    _table(
+        f"{queue}: {len(letters)} dead letter(s) shown",
+        [
+            "#",
+            "task",
+            "from queue",
+            "reason",
+            "attempts",
+            "dead-lettered at",
+            "message id",
+            "error / body",
+        ],
+        [
+            [
+                str(letter.position),
+                letter.task or "-",
+                letter.source_queue or "-",
+                letter.reason or "-",
+                "" if letter.attempts is None else str(letter.attempts),
+                letter.dead_lettered_at or "-",
+                letter.message_id or "-",
+                (letter.error + "\n" if letter.error else "")
+                + letter.body.decode("utf-8", "replace")[:200],
+            ]
+            for letter in letters
+        ],
+    )
+
+
+@dlq.command("replay")
+@click.argument("queue", default="tasks.dlq")
+@click.option("--task", help="Only dead letters of this task.")
+@click.option("--from-queue", "--queue", "source", help="Only those that failed on this queue.")
+@click.option("--limit", type=click.IntRange(min=1), help="Replay at most this many.")
+@JSON_OPTION
+def dlq_replay(
+    queue: str, task: str | None, source: str | None, limit: int | None, as_json: bool
+) -> None:
+    """Send dead letters from QUEUE back to the queue each came from.
+
+    A message leaves the DLQ only after the broker confirmed its republish; one whose
+    queue is missing stays in the DLQ. Exit 1 if any could not be replayed.
+    """
+    from rabbitworker import dlq as dead_letters
+
+    settings = _settings()
+    report = _dlq_call(
+        lambda: dead_letters.replay(settings.amqp_url, queue, task=task, queue=source, limit=limit),
+        settings,
+    )
+    if as_json:
+        _echo_json(
+            {
+                "replayed": report.replayed,
+                "skipped": report.skipped,
+                "failed": report.failed,
+                "problems": report.problems,
+            }
+        )
+    else:
+        click.echo(
+            f"replayed {report.replayed}, left {report.skipped} (not selected), "
+            f"failed {report.failed}"
+        )
+        for problem in report.problems:
+            click.echo(f"  {problem}")
+    if report.failed:
+        sys.exit(EXIT_ERROR)
+
+
+@dlq.command("purge")
+@click.argument("queue", default="tasks.dlq")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(queue: str, yes: bool) -> None:
+    """Delete every message in QUEUE for good (asks first unless --yes)."""
+    from rabbitworker import dlq as dead_letters
+
+    settings = _settings()
+    if not yes:
+        click.confirm(f"Delete every message in {queue} on {settings.masked_amqp_url}?", abort=True)
+    count = _dlq_call(lambda: dead_letters.purge(settings.amqp_url, queue), settings)
+    click.echo(f"purged {count} message(s) from {queue}")
+
+
+def _dlq_call(make: Callable[[], Coroutine[Any, Any, Any]], settings: HostSettings) -> Any:
+    try:
+        return _broker(lambda: asyncio.run(make()), settings)
+    except LookupError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+
+
+@main.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mermaid", "dot", "text"]),
+    default="text",
+    show_default=True,
+    help="mermaid and dot render as a picture (GitHub shows mermaid).",
+)
+def topology(fmt: str) -> None:
+    """Draw exchanges → queues → DLX → DLQ of the installed plugins, without a broker."""
+    from rabbitworker.topology import plan_topology, render
+
+    settings = _settings()
+    _, registrations = _guarded(lambda: _load(settings))
+    plan = _guarded(lambda: plan_topology(registrations))
+    click.echo(render(plan, registrations, fmt))
 
 
 @main.command("new-plugin")

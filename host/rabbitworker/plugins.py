@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points, packages_distributions, version
 from typing import Any
 
@@ -40,6 +40,8 @@ class QueueRegistration:
 
     config: QueueConfig
     plugin: PluginInfo
+    #: Fields changed by a per-deployment override → where the value came from.
+    overrides: dict[str, str] = field(default_factory=dict)
 
 
 class HostPlugins:
@@ -63,6 +65,12 @@ class HostPlugins:
         if not settings.disable_plugin_autoload:
             for entry_point in discover_entry_points():
                 info = _entry_point_info(entry_point)
+                if settings.enabled_plugins and entry_point.name not in settings.enabled_plugins:
+                    logger.info(
+                        "plugin {} is not in RABBITWORKER_ENABLED_PLUGINS; skipped",
+                        info.describe(),
+                    )
+                    continue
                 if entry_point.name in settings.disabled_plugins:
                     logger.info(
                         "plugin {} is disabled by RABBITWORKER_DISABLED_PLUGINS", info.describe()
@@ -279,6 +287,7 @@ def iter_plugin_rows(registrations: Iterable[QueueRegistration]) -> list[dict[st
                 "distribution": registration.plugin.distribution,
                 "version": registration.plugin.version,
             },
+            "overrides": registration.overrides,
         }
         for registration in registrations
     ]

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 from yarl import URL
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
@@ -19,11 +27,48 @@ def _split_names(value: object) -> object:
 
 NameList = Annotated[list[str], NoDecode]
 
+#: Where the optional TOML settings file is looked for (its own env var, read first).
+CONFIG_FILE_ENV = "RABBITWORKER_CONFIG_FILE"
+DEFAULT_CONFIG_FILE = "rabbitworker.toml"
+
+
+def config_file() -> Path:
+    """The TOML settings file: ``$RABBITWORKER_CONFIG_FILE``, else ``./rabbitworker.toml``."""
+    return Path(os.environ.get(CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE))
+
+
+class QueueOverride(BaseModel):
+    """Per-deployment changes to one plugin queue; unset fields keep the plugin's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefetch_count: int | None = Field(None, description="Messages handled at once.")
+    max_retries: int | None = Field(None, description="Retries before dead-lettering.")
+    retry_delays: list[float] | None = Field(None, description="Seconds before each retry.")
+    handler_timeout: float | None = Field(None, description="Seconds a handler may run.")
+    delivery_limit: int | None = Field(None, description="Redeliveries before dead-lettering.")
+
+    def changes(self) -> dict[str, object]:
+        return self.model_dump(exclude_none=True)
+
 
 class HostSettings(BaseSettings):
     """Everything the host can be told; each field is the env var ``RABBITWORKER_<NAME>``."""
 
     model_config = SettingsConfigDict(env_prefix="RABBITWORKER_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then ``RABBITWORKER_*`` variables, then the TOML file, then defaults."""
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+        return (init_settings, env_settings, toml)
 
     amqp_url: str = Field(
         DEFAULT_AMQP_URL,
@@ -53,6 +98,28 @@ class HostSettings(BaseSettings):
         default_factory=list,
         description="Entry-point names of installed plugins to skip, comma-separated.",
     )
+    enabled_plugins: NameList = Field(
+        default_factory=list,
+        description="If set, only these installed plugins (entry-point names, "
+        "comma-separated) are loaded.",
+    )
+    queues: dict[str, QueueOverride] = Field(
+        default_factory=dict,
+        description="Per-queue overrides of prefetch_count, max_retries, retry_delays, "
+        "handler_timeout and delivery_limit, by queue name. As an env var, JSON: "
+        '{"reports.queue": {"prefetch_count": 2}}; in the TOML file, [queues."reports.queue"].',
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text for people; json for one JSON object per line."
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics (Prometheus), /healthz and /readyz on this port; off "
+        "when unset.",
+    )
+    metrics_host: str = Field("0.0.0.0", description="The address the metrics server binds.")
     connect_timeout: float = Field(
         10.0, gt=0, description="Seconds to wait for the broker at start-up before giving up."
     )
@@ -81,7 +148,7 @@ class HostSettings(BaseSettings):
         "the queues that have such handlers, so each can run as many as its prefetch.",
     )
 
-    @field_validator("plugins", "disabled_plugins", mode="before")
+    @field_validator("plugins", "disabled_plugins", "enabled_plugins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_names(value)

@@ -203,3 +203,61 @@ def _conflict(what: str, wanted: str, exc: Exception) -> BrokerTopologyMismatchE
         f"(broker said: {exc}). Delete it (rabbitmqctl delete_queue / the management UI) if "
         "nothing depends on it, or change the QueueConfig to match."
     )
+
+
+def _node(prefix: str, name: str) -> str:
+    return prefix + "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def render(topology: Topology, registrations: Sequence[QueueRegistration], fmt: str) -> str:
+    """Draw exchanges → queues → DLX → DLQ as ``mermaid``, ``dot`` or ``text``."""
+    configs = {registration.config.name: registration.config for registration in registrations}
+    edges: list[tuple[str, str, str, bool]] = []  # from, to, label, dead-letter edge
+    for queue in topology.queues.values():
+        for exchange_name, routing_key in queue.bindings:
+            edges.append((_node("x_", exchange_name), _node("q_", queue.name), routing_key, False))
+        dlx = queue.arguments.get("x-dead-letter-exchange")
+        if queue.name in configs and dlx:
+            edges.append((_node("q_", queue.name), _node("x_", dlx), "dead letters", True))
+        elif dlx == "" and "x-dead-letter-routing-key" in queue.arguments:
+            target = queue.arguments["x-dead-letter-routing-key"]
+            ttl = queue.arguments.get("x-message-ttl", 0)
+            edges.append((_node("q_", target), _node("q_", queue.name), "retry", True))
+            edges.append((_node("q_", queue.name), _node("q_", target), f"after {ttl} ms", True))
+    labels: dict[str, str] = {}
+    for exchange in topology.exchanges.values():
+        labels[_node("x_", exchange.name)] = f"{exchange.name} ({exchange.type})"
+    for queue in topology.queues.values():
+        config = configs.get(queue.name)
+        detail = f"prefetch {config.prefetch_count}: {', '.join(config.tasks)}" if config else ""
+        labels[_node("q_", queue.name)] = queue.name + (f"\\n{detail}" if detail else "")
+    if fmt == "mermaid":
+        lines = ["flowchart LR"]
+        for node, label in labels.items():
+            text = label.replace("\\n", "<br/>")
+            shape = f'{{{{"{text}"}}}}' if node.startswith("x_") else f'["{text}"]'
+            lines.append(f"    {node}{shape}")
+        for source, target, label, dead in edges:
+            arrow = f"-. {label} .->" if dead else (f"-- {label} -->" if label else "-->")
+            lines.append(f"    {source} {arrow} {target}")
+        return "\n".join(lines)
+    if fmt == "dot":
+        lines = ["digraph rabbitworker {", "    rankdir=LR;"]
+        for node, label in labels.items():
+            shape = "hexagon" if node.startswith("x_") else "box"
+            lines.append(f'    {node} [label="{label}", shape={shape}];')
+        for source, target, label, dead in edges:
+            style = ", style=dashed" if dead else ""
+            lines.append(f'    {source} -> {target} [label="{label}"{style}];')
+        lines.append("}")
+        return "\n".join(lines)
+    if fmt == "text":
+        names = {node: label.split("\\n")[0] for node, label in labels.items()}
+        lines = []
+        for source, target, label, dead in edges:
+            arrow = "~~>" if dead else "-->"
+            lines.append(
+                f"{names[source]} {arrow} {names[target]}" + (f"  [{label}]" if label else "")
+            )
+        return "\n".join(lines)
+    raise ValueError(f"unknown format {fmt!r}: use mermaid, dot or text")
