@@ -51,7 +51,11 @@ def _settings() -> HostSettings:
     except ValidationError as exc:
         setup_logging()
         _fail(f"invalid RABBITWORKER_* setting: {exc}", EXIT_CONFIG)
-    setup_logging(settings.log_level, secrets=secret_forms(url_password(settings.amqp_url)))
+    setup_logging(
+        settings.log_level,
+        secrets=secret_forms(url_password(settings.amqp_url)),
+        log_format=settings.log_format,
+    )
     return settings
 
 

@@ -136,6 +136,7 @@ class QueueConsumer:
         self._max_attempts = 1 + config.max_retries
         self._hook_received = plugins.hook.rabbitworker_message_received
         self._hook_settled = plugins.hook.rabbitworker_message_settled
+        self._hook_consumer = plugins.hook.rabbitworker_consumer_changed
         self._invokers = {
             task: HandlerSpec.inspect(h).invoker() for task, h in config.task_handlers.items()
         }
@@ -145,6 +146,7 @@ class QueueConsumer:
         self._dlx: AbstractExchange | None = dead_letter_exchange
         self._consumer_tag: ConsumerTag | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._consuming = False
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -155,8 +157,8 @@ class QueueConsumer:
 
     @property
     def consuming(self) -> bool:
-        """Whether this consumer is registered and its channel open."""
-        return self._consumer_tag is not None and not self._channel.is_closed
+        """Whether messages of this queue are being consumed right now."""
+        return self._consuming
 
     async def start(self) -> None:
         """Set the channel's QoS (per consumer, never global) and start consuming."""
@@ -174,11 +176,43 @@ class QueueConsumer:
         await self._queue.bind(exchange, config.routing_key)
         self._dlx = await self._channel.get_exchange(config.dlx_exchange_name, ensure=False)
         self._consumer_tag = await self._queue.consume(self._on_message)
+        await self._watch_cancellation()
+        self._notify_consumer(True, f"consuming with prefetch {config.prefetch_count}")
+
+    async def _watch_cancellation(self) -> None:
+        """Hear about the broker cancelling this consumer (its queue was deleted)."""
+        underlay = await self._channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+
+    def _on_broker_cancel(self, _: Any) -> None:
+        self._notify_consumer(False, "the broker cancelled the consumer (queue deleted?)")
+        asyncio.get_running_loop().create_task(self._await_restoration())
+
+    async def _await_restoration(self) -> None:
+        """aio-pika re-declares the queue and consumes again; report when it has."""
+        tag = self._consumer_tag
+        while tag is not None and self._consumer_tag == tag:
+            underlay = await self._channel.get_underlay_channel()
+            if tag in getattr(underlay, "consumers", {}):
+                logger.info("[{}] queue re-declared and consumed again", self.config.name)
+                self._notify_consumer(True, "consuming again after the broker cancelled it")
+                return
+            await asyncio.sleep(0.2)
+
+    def connection_lost(self) -> None:
+        """The connection went down: nothing is consumed until it is restored."""
+        self._notify_consumer(False, "the broker connection was lost")
+
+    async def restored(self) -> None:
+        """Called after a reconnection: the robust channel consumes again on a new channel."""
+        await self._watch_cancellation()
+        self._notify_consumer(True, "consuming again after reconnecting")
 
     async def stop_consuming(self) -> None:
         """Ask the broker for no more messages; those in flight go on."""
         if self._queue is not None and self._consumer_tag is not None:
             tag, self._consumer_tag = self._consumer_tag, None
+            self._notify_consumer(False, "stopping")
             await self._queue.cancel(tag)
 
     async def wait_idle(self) -> None:
@@ -203,6 +237,9 @@ class QueueConsumer:
         self._idle.clear()
         try:
             await self._process(message)
+        except asyncio.CancelledError:
+            self._notify_unsettled(message, "the host stopped before the message was settled")
+            raise
         finally:
             self._in_flight.discard(task)
             if not self._in_flight:
@@ -278,6 +315,10 @@ class QueueConsumer:
                 type(exc).__name__,
                 exc,
             )
+            self._notify_settled(
+                delivery,
+                Outcome(Settlement.UNSETTLED, time.perf_counter() - started, detail=str(exc)),
+            )
             return
         self._notify_settled(
             delivery, Outcome(Settlement.ACKED, time.perf_counter() - started, result=result)
@@ -319,18 +360,14 @@ class QueueConsumer:
         headers[HEADER_REASON] = failure.reason.value
         headers[HEADER_ERROR] = failure.detail[:_MAX_HEADER_TEXT]
         target = retry_queue_name(self.config, delay)
-        if not await self._publish_then_ack(message, "", target, headers, "retry"):
-            return
-        self._notify_settled(
-            delivery,
-            Outcome(
-                Settlement.RETRIED,
-                time.perf_counter() - started,
-                failure.reason,
-                failure.detail,
-                retry_in=delay,
-            ),
+        outcome = Outcome(
+            Settlement.RETRIED,
+            time.perf_counter() - started,
+            failure.reason,
+            failure.detail,
+            retry_in=delay,
         )
+        await self._publish_then_ack(message, "", target, headers, delivery, outcome)
 
     async def _count_redelivery(
         self, message: AbstractIncomingMessage, delivery: Delivery, started: float
@@ -353,7 +390,7 @@ class QueueConsumer:
             return
         headers = dict(delivery.headers)
         headers[HEADER_REDELIVERIES] = redeliveries
-        if await self._publish_then_ack(message, "", self.config.name, headers, "requeue"):
+        if await self._publish_then_ack(message, "", self.config.name, headers, delivery, None):
             logger.info(
                 "[{}] message {} was delivered before without being settled ({} of {} allowed); "
                 "requeued at the tail",
@@ -386,19 +423,11 @@ class QueueConsumer:
             headers[HEADER_EXCEPTION_TYPE] = type(failure.exc).__qualname__
             headers[HEADER_EXCEPTION_MESSAGE] = str(failure.exc)[:_MAX_HEADER_TEXT]
         assert self._dlx is not None
-        routing_key = message.routing_key or ""
-        if not await self._publish_then_ack(
-            message, self._dlx, routing_key, headers, "dead letter"
-        ):
-            return
-        self._notify_settled(
-            delivery,
-            Outcome(
-                Settlement.DEAD_LETTERED,
-                time.perf_counter() - started,
-                failure.reason,
-                failure.detail,
-            ),
+        outcome = Outcome(
+            Settlement.DEAD_LETTERED, time.perf_counter() - started, failure.reason, failure.detail
+        )
+        await self._publish_then_ack(
+            message, self._dlx, message.routing_key or "", headers, delivery, outcome
         )
 
     async def _publish_then_ack(
@@ -407,14 +436,17 @@ class QueueConsumer:
         exchange: AbstractExchange | str,
         routing_key: str,
         headers: dict[str, Any],
-        what: str,
+        delivery: Delivery,
+        outcome: Outcome | None,
     ) -> bool:
-        """Publish a copy of ``message`` (body unchanged), wait for the confirm, then ack.
+        """Publish a copy of ``message`` (body unchanged), wait for the confirm, then ack,
+        and report ``outcome`` (``None``: the copy is the same message, requeued).
 
         If the publish fails, reject without requeue: the broker dead-letters the original
         through the queue's ``x-dead-letter-exchange``, so it is never requeued in a loop.
         Returns whether the copy was published.
         """
+        what = "requeued copy" if outcome is None else f"{outcome.settlement.value} copy"
         copy = Message(
             message.body,
             headers=headers,
@@ -454,8 +486,39 @@ class QueueConsumer:
                     message.message_id,
                     reject_error,
                 )
+                self._notify_settled(
+                    delivery, Outcome(Settlement.UNSETTLED, 0.0, detail=str(reject_error))
+                )
+                return False
+            reason = outcome.reason if outcome else None
+            self._notify_settled(
+                delivery,
+                Outcome(
+                    Settlement.DEAD_LETTERED,
+                    outcome.duration if outcome else 0.0,
+                    reason,
+                    f"{outcome.detail if outcome else 'requeue failed'} (rejected to the DLX "
+                    f"after the {what} could not be published: {publish_error})",
+                ),
+            )
             return False
+        if outcome is not None:
+            self._notify_settled(delivery, outcome)
         return True
+
+    def _notify_unsettled(self, message: AbstractIncomingMessage, detail: str) -> None:
+        headers = message.headers or {}
+        delivery = Delivery(
+            self.config.name, None, message.message_id, bool(message.redelivered), headers
+        )
+        self._notify_settled(delivery, Outcome(Settlement.UNSETTLED, 0.0, detail=detail))
+
+    def _notify_consumer(self, consuming: bool, detail: str) -> None:
+        self._consuming = consuming
+        try:
+            self._hook_consumer(queue=self.config.name, consuming=consuming, detail=detail)
+        except Exception:
+            logger.exception("a rabbitworker_consumer_changed hook raised")
 
     def _notify_received(self, delivery: Delivery) -> None:
         try:

@@ -13,6 +13,8 @@ class Settlement(StrEnum):
     ACKED = "acked"
     RETRIED = "retried"
     DEAD_LETTERED = "dead-lettered"
+    #: Left unacknowledged (shutdown, a lost channel): the broker delivers it again.
+    UNSETTLED = "unsettled"
 
 
 class DeadLetterReason(StrEnum):

@@ -67,6 +67,26 @@ def rabbitworker_shutdown(settings: HostSettings) -> Awaitable[None] | None:
     """
 
 
+@hookspec
+def rabbitworker_connection_changed(connected: bool, detail: str) -> None:
+    """The broker connection came up (first time or after a reconnection) or went down.
+
+    :param connected: whether it is up now.
+    :param detail: what happened, readable (the error when it went down).
+    """
+
+
+@hookspec
+def rabbitworker_consumer_changed(queue: str, consuming: bool, detail: str) -> None:
+    """The host started or stopped consuming ``queue`` (also when the broker cancelled the
+    consumer, e.g. because the queue was deleted, and when it was restored).
+
+    :param queue: the queue name.
+    :param consuming: whether messages of that queue are being consumed now.
+    :param detail: what happened, readable.
+    """
+
+
 # -- per message ---------------------------------------------------------------------------
 
 

@@ -125,6 +125,9 @@ class WorkerHost:
                 "there? Set RABBITWORKER_AMQP_URL to the broker to use."
             ) from exc
         logger.info("connected to {}", url)
+        self.plugins.hook.rabbitworker_connection_changed(
+            connected=True, detail=f"connected to {url}"
+        )
         self._connection.close_callbacks.add(self._on_connection_lost)
         self._connection.reconnect_callbacks.add(self._on_reconnected)
         channel = await self._connection.channel()
@@ -139,6 +142,11 @@ class WorkerHost:
     def _on_connection_lost(self, _: Any, exc: BaseException | None) -> None:
         if self._stop.is_set() or exc is None:
             return
+        self.plugins.hook.rabbitworker_connection_changed(
+            connected=False, detail=f"{type(exc).__name__}: {exc}"
+        )
+        for consumer in self.consumers:
+            consumer.connection_lost()
         logger.warning(
             "lost the broker connection ({}: {}); reconnecting. Messages in flight stay "
             "unacknowledged and will be delivered again",
@@ -148,9 +156,14 @@ class WorkerHost:
         if self._backoff is None or self._backoff.done():
             self._backoff = asyncio.create_task(self._back_off())
 
-    def _on_reconnected(self, _: Any) -> None:
+    async def _on_reconnected(self, _: Any) -> None:
         assert self._connection is not None
         self._connection.reconnect_interval = self.settings.reconnect_interval  # type: ignore[attr-defined]
+        self.plugins.hook.rabbitworker_connection_changed(
+            connected=True, detail=f"reconnected to {self.settings.masked_amqp_url}"
+        )
+        for consumer in self.consumers:
+            await consumer.restored()
         logger.info(
             "reconnected to {}; re-declared and consuming again on {} queue(s)",
             self.settings.masked_amqp_url,

@@ -10,10 +10,11 @@ import sys
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+import orjson
 from loguru import logger
 
 if TYPE_CHECKING:
-    from loguru import Record
+    from loguru import Message, Record
 
 LOG_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
@@ -47,8 +48,27 @@ def secret_forms(password: str | None) -> tuple[str, ...]:
     return tuple(sorted(forms, key=len, reverse=True))
 
 
-def setup_logging(level: str = "INFO", secrets: tuple[str, ...] = ()) -> None:
-    """Log to stderr at ``level``, with every string in ``secrets`` masked as ``****``."""
+def _json_line(message: Message) -> None:
+    """One JSON object per line: time, level, message, and every bound field."""
+    record = message.record
+    data: dict[str, object] = {
+        "time": record["time"].isoformat(),
+        "level": record["level"].name,
+        "message": record["message"],
+        "logger": record["name"],
+    }
+    data.update(record["extra"])
+    if record["exception"] is not None:
+        kind, value, _ = record["exception"]
+        data["exception"] = f"{kind.__name__ if kind else 'Exception'}: {value}"
+    sys.stderr.write(orjson.dumps(data, default=str).decode() + "\n")
+
+
+def setup_logging(
+    level: str = "INFO", secrets: tuple[str, ...] = (), log_format: str = "text"
+) -> None:
+    """Log to stderr at ``level`` as ``text`` or ``json`` lines, with every string in
+    ``secrets`` masked as ``****``."""
     hidden = tuple(secret for secret in secrets if secret)
 
     def mask(record: Record) -> None:
@@ -59,9 +79,17 @@ def setup_logging(level: str = "INFO", secrets: tuple[str, ...] = ()) -> None:
 
     logger.remove()
     logger.configure(patcher=mask if hidden else None)
-    logger.add(
-        sys.stderr, level=level, format=LOG_FORMAT, colorize=None, backtrace=False, diagnose=False
-    )
+    if log_format == "json":
+        logger.add(_json_line, level=level, backtrace=False, diagnose=False)
+    else:
+        logger.add(
+            sys.stderr,
+            level=level,
+            format=LOG_FORMAT,
+            colorize=None,
+            backtrace=False,
+            diagnose=False,
+        )
     logging.basicConfig(handlers=[InterceptHandler()], level=logging.WARNING, force=True)
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -62,6 +62,18 @@ class HostPlugins:
         """
         plugins = cls()
         plugins._register_builtins()
+        if settings.metrics_port is not None:
+            from rabbitworker.metrics import MetricsPlugin
+
+            plugins.register(
+                MetricsPlugin(),
+                PluginInfo(
+                    name="rabbitworker.metrics",
+                    distribution="rabbitworker-host",
+                    version=_dist_version("rabbitworker-host"),
+                    module="rabbitworker.metrics",
+                ),
+            )
         if not settings.disable_plugin_autoload:
             for entry_point in discover_entry_points():
                 info = _entry_point_info(entry_point)
