@@ -26,6 +26,7 @@ from rabbitworker.errors import (
     PluginInfo,
     PluginLoadError,
 )
+from rabbitworker.handlers import HandlerSpec
 from rabbitworker.settings import HostSettings
 
 ENTRY_POINT_GROUP = "rabbitworker.queues"
@@ -300,6 +301,10 @@ def iter_plugin_rows(registrations: Iterable[QueueRegistration]) -> list[dict[st
                 "version": registration.plugin.version,
             },
             "overrides": registration.overrides,
+            "task_schemas": {
+                task: HandlerSpec.inspect(handler).payload_schema()
+                for task, handler in sorted(registration.config.task_handlers.items())
+            },
         }
         for registration in registrations
     ]

@@ -141,9 +141,16 @@ class TaskPublisher:
                     ) from exc
             if self._channel is None or self._channel.is_closed:
                 self._forget_channel()
-                self._channel = await self._connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
+                # Between two reconnection attempts a robust connection has no transport
+                # and channel() raises RuntimeError: wait for it (the caller's timeout
+                # bounds the wait), and retry if it drops again in between.
+                await self._connection.connected.wait()
+                try:
+                    self._channel = await self._connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                except RuntimeError as exc:
+                    raise ConnectionError(f"the broker connection dropped: {exc}") from exc
             exchange = self._exchanges.get(name)
             if exchange is None:
                 exchange = await self._channel.get_exchange(name, ensure=False)
