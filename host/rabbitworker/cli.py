@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import sys
-import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,6 +28,7 @@ from rabbitworker.errors import (
     RabbitworkerError,
     TopologyConflictError,
 )
+from rabbitworker.handlers import handlers_running_in_threads
 from rabbitworker.logs import secret_forms, setup_logging
 from rabbitworker.overrides import apply_overrides
 from rabbitworker.plugins import HostPlugins, QueueRegistration, iter_plugin_rows
@@ -184,9 +184,7 @@ def _serve(main_coroutine: Coroutine[Any, Any, None]) -> None:
             task.cancel()
         if pending:
             loop.run_until_complete(asyncio.wait(pending, timeout=2))
-        leftovers = any(not task.done() for task in pending) or any(
-            thread.name.startswith("rabbitworker-handler") for thread in threading.enumerate()
-        )
+        leftovers = any(not task.done() for task in pending) or handlers_running_in_threads() > 0
         if not leftovers:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 
 from rabbitworker.config import QueueConfig
 from rabbitworker.context import TaskContext, _current
-from rabbitworker.errors import PermanentError
+from rabbitworker.errors import InvalidPayloadError, PermanentError
 from rabbitworker.events import DeadLetterReason, Delivery, Outcome, Settlement
 from rabbitworker.handlers import HandlerSpec
 from rabbitworker.plugins import HostPlugins
@@ -129,6 +130,7 @@ class QueueConsumer:
         *,
         max_message_bytes: int,
         dead_letter_exchange: AbstractExchange | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.config = config
         self._channel = channel
@@ -138,7 +140,8 @@ class QueueConsumer:
         self._hook_settled = plugins.hook.rabbitworker_message_settled
         self._hook_consumer = plugins.hook.rabbitworker_consumer_changed
         self._invokers = {
-            task: HandlerSpec.inspect(h).invoker() for task, h in config.task_handlers.items()
+            task: HandlerSpec.inspect(h).invoker(executor)
+            for task, h in config.task_handlers.items()
         }
         self._known_tasks = ", ".join(sorted(self._invokers))
         self._track_redeliveries = config.queue_type == "classic"
@@ -287,8 +290,12 @@ class QueueConsumer:
             )
         )
         try:
-            async with asyncio.timeout(config.handler_timeout):
-                result = await invoker(body)
+            # Whatever the handler logs carries the message's queue, task and id.
+            with logger.contextualize(
+                queue=config.name, task=task_name, message_id=message.message_id
+            ):
+                async with asyncio.timeout(config.handler_timeout):
+                    result = await invoker(body)
         except TimeoutError as exc:
             timed_out = _Failure(
                 DeadLetterReason.TIMEOUT,
@@ -327,10 +334,10 @@ class QueueConsumer:
     @staticmethod
     def _classify(exc: Exception) -> _Failure:
         detail = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ValidationError | InvalidPayloadError):
+            return _Failure(DeadLetterReason.INVALID_PAYLOAD, detail, exc)
         if isinstance(exc, PermanentError):
             return _Failure(DeadLetterReason.PERMANENT_ERROR, detail, exc)
-        if isinstance(exc, ValidationError):
-            return _Failure(DeadLetterReason.INVALID_PAYLOAD, detail, exc)
         return _Failure(DeadLetterReason.HANDLER_ERROR, detail, exc)
 
     async def _fail(

@@ -14,6 +14,10 @@ class PermanentError(RabbitworkerError):
     record): the message goes to the DLQ at once, whatever ``max_retries`` says."""
 
 
+class InvalidPayloadError(PermanentError):
+    """The message's payload does not fit the handler (dead-lettered as ``invalid-payload``)."""
+
+
 class InvalidQueueConfigError(ValueError, RabbitworkerError):
     """A :class:`~rabbitworker.QueueConfig` field has a value the host cannot use."""
 

@@ -10,16 +10,20 @@ context. ``async def`` handlers are awaited; plain ``def`` handlers run in a wor
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
+import threading
 import typing
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
 from rabbitworker.context import TaskContext, _current
+from rabbitworker.errors import InvalidPayloadError
 
 Handler = Callable[..., Any]
 Invoker = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -90,15 +94,27 @@ class HandlerSpec:
         """The JSON Schema the payload must match, for typed handlers."""
         return self.payload_model.model_json_schema() if self.payload_model else None
 
-    def invoker(self) -> Invoker:
-        """A coroutine function taking the decoded body, built for this handler's shape."""
+    def invoker(self, executor: Executor | None = None) -> Invoker:
+        """A coroutine function taking the decoded body, built for this handler's shape.
+
+        :param executor: where plain ``def`` handlers run (default: the loop's default).
+        """
         handler, model, context = self.handler, self.payload_model, self.context_parameter
+        call = handler if self.is_async else _in_thread(handler, executor)
         if model is None and context is None:
-            return handler if self.is_async else _in_thread(handler)
-        call = handler if self.is_async else _in_thread(handler)
+            return call
 
         async def typed(body: dict[str, Any]) -> Any:
-            argument: Any = model.model_validate(body.get("payload", {})) if model else body
+            argument: Any = body
+            if model is not None:
+                payload = body.get("payload")
+                if not isinstance(payload, dict):
+                    raise InvalidPayloadError(
+                        f"the message has no 'payload' object (got {type(payload).__name__}); "
+                        f"task {body.get('task')!r} expects {model.__name__}: "
+                        f"{', '.join(model.model_fields)}"
+                    )
+                argument = model.model_validate(payload)
             if context is None:
                 return await call(argument)
             return await call(argument, **{context: _current.get()})
@@ -106,10 +122,31 @@ class HandlerSpec:
         return typed
 
 
-def _in_thread(handler: Handler) -> Invoker:
+_running_in_threads = 0
+_running_lock = threading.Lock()
+
+
+def handlers_running_in_threads() -> int:
+    """Plain ``def`` handlers running right now (a timed-out one may still be running)."""
+    return _running_in_threads
+
+
+def _in_thread(handler: Handler, executor: Executor | None) -> Invoker:
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        global _running_in_threads
+        with _running_lock:
+            _running_in_threads += 1
+        try:
+            return handler(*args, **kwargs)
+        finally:
+            with _running_lock:
+                _running_in_threads -= 1
+
     async def run_in_thread(*args: Any, **kwargs: Any) -> Any:
-        # to_thread copies the context, so current_task() works in plain handlers too.
-        result = await asyncio.to_thread(handler, *args, **kwargs)
+        # The context is copied, so current_task() works in plain handlers too.
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, tracked, *args, **kwargs)
+        result = await asyncio.get_running_loop().run_in_executor(executor, call)
         if inspect.isawaitable(result):
             result = await result
         return result

@@ -22,6 +22,19 @@ LOG_FORMAT = (
 )
 
 
+def _text_format(record: Record) -> str:
+    """Lines logged inside a handler (by plugins too) get the message's ``[queue]`` prefix
+    and task, from the context the host binds around each message."""
+    extra = record["extra"]
+    if "queue" in extra and "task" in extra and not record["message"].startswith("["):
+        return (
+            "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
+            "<level>[{extra[queue]}] {message}</level> <dim>(task {extra[task]}, message "
+            "{extra[message_id]})</dim>\n{exception}"
+        )
+    return LOG_FORMAT + "\n{exception}"
+
+
 class InterceptHandler(logging.Handler):
     """Send stdlib ``logging`` records to loguru, keeping their level and origin."""
 
@@ -85,7 +98,7 @@ def setup_logging(
         logger.add(
             sys.stderr,
             level=level,
-            format=LOG_FORMAT,
+            format=_text_format,
             colorize=None,
             backtrace=False,
             diagnose=False,
