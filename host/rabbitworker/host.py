@@ -41,6 +41,7 @@ class WorkerHost:
         self._signals = 0
         self._backoff: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def connected(self) -> bool:
@@ -83,9 +84,9 @@ class WorkerHost:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
-        executor = self._thread_pool()
-        if executor is not None:
-            loop.set_default_executor(executor)
+        # Plain `def` handlers get their own pool: asyncio.to_thread in async handlers
+        # keeps the loop's default one and never queues behind busy handlers.
+        executor = self._executor = self._thread_pool()
         await self.plugins.startup(self.settings)
         try:
             await self._connect()
@@ -184,7 +185,11 @@ class WorkerHost:
             config = registration.config
             channel = await self._connection.channel(on_return_raises=True)
             consumer = QueueConsumer(
-                config, channel, self.plugins, max_message_bytes=self.settings.max_message_bytes
+                config,
+                channel,
+                self.plugins,
+                max_message_bytes=self.settings.max_message_bytes,
+                executor=self._executor,
             )
             await consumer.start()
             self.consumers.append(consumer)
@@ -230,6 +235,9 @@ class WorkerHost:
         force.cancel()
         if idle not in done:
             idle.cancel()
+            # Cancelling a gather sets CancelledError as its exception: read it, or asyncio
+            # logs "exception was never retrieved" with a traceback.
+            idle.add_done_callback(lambda future: future.cancelled() or future.exception())
             abandoned = sum(consumer.abandon_in_flight() for consumer in self.consumers)
             logger.warning(
                 "{} message(s) still running; left unacknowledged, the broker will deliver "
@@ -246,8 +254,11 @@ class WorkerHost:
         except Exception as exc:
             logger.warning("closing the publisher failed: {}", exc)
         if self._connection is not None:
+            # aiormq's close waits for the consumer tasks; a handler that ignored its
+            # cancellation never ends, so do not wait the full 5 s for it in vain.
+            stuck = any(consumer.in_flight for consumer in self.consumers)
             try:
-                await asyncio.wait_for(self._connection.close(), timeout=5)
+                await asyncio.wait_for(self._connection.close(), timeout=1 if stuck else 5)
             except Exception as exc:
                 logger.warning("closing the broker connection failed: {}", exc)
         logger.info("stopped")
