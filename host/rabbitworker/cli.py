@@ -30,7 +30,7 @@ from rabbitworker.errors import (
 )
 from rabbitworker.handlers import handlers_running_in_threads
 from rabbitworker.logs import secret_forms, setup_logging
-from rabbitworker.overrides import apply_overrides
+from rabbitworker.overrides import OverrideError, apply_overrides
 from rabbitworker.plugins import HostPlugins, QueueRegistration, iter_plugin_rows
 from rabbitworker.settings import HostSettings, url_password
 
@@ -63,7 +63,7 @@ def _guarded(action: Callable[[], Any]) -> Any:
     """Turn rabbitworker errors into one clear log line and a documented exit code."""
     try:
         return action()
-    except PluginError as exc:
+    except (PluginError, OverrideError) as exc:
         _fail(str(exc), EXIT_CONFIG)
     except BrokerTopologyMismatchError as exc:
         _fail(f"topology conflict with the broker: {exc}", EXIT_BROKER)
@@ -211,13 +211,13 @@ def queues(as_json: bool) -> None:
         _echo_json(rows)
         return
 
-    def value(row: dict[str, Any], field: str) -> str:
+    def value(row: dict[str, Any], field: str, unit: str = "") -> str:
         source = row["overrides"].get(field)
         shown = row[field]
         if isinstance(shown, list):
             shown = ", ".join(f"{d:g}s" for d in shown)
         else:
-            shown = f"{shown:g}" if isinstance(shown, float) else str(shown)
+            shown = (f"{shown:g}" if isinstance(shown, float) else str(shown)) + unit
         return f"{shown} ({source})" if source else shown
 
     _table(
@@ -240,7 +240,7 @@ def queues(as_json: bool) -> None:
                 row["exchange"],
                 value(row, "prefetch_count"),
                 value(row, "max_retries"),
-                value(row, "handler_timeout") + "s",
+                value(row, "handler_timeout", "s"),
                 f"{row['dlx']} → {row['dlq']}",
                 ", ".join(row["tasks"]),
                 _plugin_label(row["plugin"]),

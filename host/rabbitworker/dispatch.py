@@ -136,8 +136,7 @@ class QueueConsumer:
         self._channel = channel
         self._max_bytes = max_message_bytes
         self._max_attempts = 1 + config.max_retries
-        self._hook_received = plugins.hook.rabbitworker_message_received
-        self._hook_settled = plugins.hook.rabbitworker_message_settled
+        self._hooks = plugins.message_hooks()
         self._hook_consumer = plugins.hook.rabbitworker_consumer_changed
         self._invokers = {
             task: HandlerSpec.inspect(h).invoker(executor)
@@ -149,6 +148,11 @@ class QueueConsumer:
         self._dlx: AbstractExchange | None = dead_letter_exchange
         self._consumer_tag: ConsumerTag | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # Handler timeouts: one watchdog per queue instead of a timer per message.
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._timed_out: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._watch_interval = min(1.0, config.handler_timeout / 20)
         self._consuming = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -222,6 +226,22 @@ class QueueConsumer:
         """Return once no message of this queue is being handled."""
         await self._idle.wait()
 
+    async def _enforce_timeouts(self) -> None:
+        """Cancel handlers past their deadline; ``_process`` turns that into a timeout."""
+        while True:
+            await asyncio.sleep(self._watch_interval)
+            now = time.monotonic()
+            for task, deadline in list(self._deadlines.items()):
+                if now >= deadline and task not in self._timed_out:
+                    self._timed_out.add(task)
+                    task.cancel()
+
+    def close(self) -> None:
+        """Stop the timeout watchdog (after the last message was settled or abandoned)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
     def abandon_in_flight(self) -> int:
         """Cancel the handlers still running; their messages stay unacked (redelivered)."""
         for task in self._in_flight:
@@ -289,18 +309,22 @@ class QueueConsumer:
                 headers,
             )
         )
+        current = asyncio.current_task()
+        assert current is not None
+        self._deadlines[current] = time.monotonic() + config.handler_timeout
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._enforce_timeouts())
         try:
-            # Whatever the handler logs carries the message's queue, task and id.
-            with logger.contextualize(
-                queue=config.name, task=task_name, message_id=message.message_id
-            ):
-                async with asyncio.timeout(config.handler_timeout):
-                    result = await invoker(body)
-        except TimeoutError as exc:
+            result = await invoker(body)
+        except asyncio.CancelledError:
+            if current not in self._timed_out:
+                raise
+            self._timed_out.discard(current)
+            current.uncancel()
             timed_out = _Failure(
                 DeadLetterReason.TIMEOUT,
                 f"handler did not finish within handler_timeout={config.handler_timeout:g} s",
-                exc,
+                TimeoutError(f"handler_timeout={config.handler_timeout:g} s"),
             )
             await self._fail(message, delivery, started, timed_out)
             return
@@ -312,6 +336,7 @@ class QueueConsumer:
             return
         finally:
             _current.reset(token)
+            self._deadlines.pop(current, None)
         try:
             await message.ack()
         except Exception as exc:
@@ -528,13 +553,7 @@ class QueueConsumer:
             logger.exception("a rabbitworker_consumer_changed hook raised")
 
     def _notify_received(self, delivery: Delivery) -> None:
-        try:
-            self._hook_received(delivery=delivery)
-        except Exception:
-            logger.exception("a rabbitworker_message_received hook raised")
+        self._hooks.received(delivery)
 
     def _notify_settled(self, delivery: Delivery, outcome: Outcome) -> None:
-        try:
-            self._hook_settled(delivery=delivery, outcome=outcome)
-        except Exception:
-            logger.exception("a rabbitworker_message_settled hook raised")
+        self._hooks.settled(delivery, outcome)

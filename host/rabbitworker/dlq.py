@@ -195,7 +195,7 @@ async def replay(
                     )
                     continue
                 try:
-                    await _republish(confirming, message, letter.source_queue)
+                    await _republish(confirming, message, letter.source_queue, dlq)
                 except PublishError as exc:
                     report.failed += 1
                     report.problems.append(f"message {letter.message_id}: {exc}")
@@ -207,9 +207,12 @@ async def replay(
     return report
 
 
-async def _republish(channel: AbstractChannel, message: AbstractIncomingMessage, to: str) -> None:
+async def _republish(
+    channel: AbstractChannel, message: AbstractIncomingMessage, to: str, dlq: str
+) -> None:
     headers = {k: v for k, v in (message.headers or {}).items() if k not in FAILURE_HEADERS}
-    headers["x-rabbitworker-replayed-from"] = message.routing_key or ""
+    # Not message.routing_key: that is the key the message was first published with.
+    headers["x-rabbitworker-replayed-from"] = dlq
     copy = aio_pika.Message(
         message.body,
         headers=headers,

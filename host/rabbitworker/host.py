@@ -42,6 +42,7 @@ class WorkerHost:
         self._backoff: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
+        self._was_connected = False
 
     @property
     def connected(self) -> bool:
@@ -126,6 +127,7 @@ class WorkerHost:
                 "there? Set RABBITWORKER_AMQP_URL to the broker to use."
             ) from exc
         logger.info("connected to {}", url)
+        self._was_connected = True
         self.plugins.hook.rabbitworker_connection_changed(
             connected=True, detail=f"connected to {url}"
         )
@@ -141,8 +143,10 @@ class WorkerHost:
         )
 
     def _on_connection_lost(self, _: Any, exc: BaseException | None) -> None:
-        if self._stop.is_set() or exc is None:
+        if self._stop.is_set() or exc is None or not self._was_connected:
+            # Failed reconnection attempts close again; the outage was reported once.
             return
+        self._was_connected = False
         self.plugins.hook.rabbitworker_connection_changed(
             connected=False, detail=f"{type(exc).__name__}: {exc}"
         )
@@ -159,6 +163,7 @@ class WorkerHost:
 
     async def _on_reconnected(self, _: Any) -> None:
         assert self._connection is not None
+        self._was_connected = True
         self._connection.reconnect_interval = self.settings.reconnect_interval  # type: ignore[attr-defined]
         self.plugins.hook.rabbitworker_connection_changed(
             connected=True, detail=f"reconnected to {self.settings.masked_amqp_url}"
@@ -247,6 +252,8 @@ class WorkerHost:
             await asyncio.sleep(0)
 
     async def _close(self) -> None:
+        for consumer in self.consumers:
+            consumer.close()
         if self._backoff is not None:
             self._backoff.cancel()
         try:
@@ -260,5 +267,9 @@ class WorkerHost:
             try:
                 await asyncio.wait_for(self._connection.close(), timeout=1 if stuck else 5)
             except Exception as exc:
-                logger.warning("closing the broker connection failed: {}", exc)
+                logger.warning(
+                    "closing the broker connection failed ({}: {}); exiting anyway",
+                    type(exc).__name__,
+                    exc,
+                )
         logger.info("stopped")

@@ -13,6 +13,8 @@ from urllib.parse import quote
 import orjson
 from loguru import logger
 
+from rabbitworker.context import _current
+
 if TYPE_CHECKING:
     from loguru import Message, Record
 
@@ -20,6 +22,20 @@ LOG_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
     "<level>{message}</level>"
 )
+
+
+def _add_task_context(record: Record) -> None:
+    """Inside a handler, every record gets the message's queue, task and id as fields.
+
+    Read from the task context only when a line is actually logged, so messages whose
+    handlers log nothing pay nothing for it.
+    """
+    context = _current.get(None)
+    if context is not None:
+        extra = record["extra"]
+        extra.setdefault("queue", context.queue)
+        extra.setdefault("task", context.task)
+        extra.setdefault("message_id", context.message_id)
 
 
 def _text_format(record: Record) -> str:
@@ -84,14 +100,15 @@ def setup_logging(
     ``secrets`` masked as ``****``."""
     hidden = tuple(secret for secret in secrets if secret)
 
-    def mask(record: Record) -> None:
+    def patch(record: Record) -> None:
+        _add_task_context(record)
         for secret in hidden:
             if secret in record["message"]:
                 masked = ":****@" if secret.startswith(":") else "****"
                 record["message"] = record["message"].replace(secret, masked)
 
     logger.remove()
-    logger.configure(patcher=mask if hidden else None)
+    logger.configure(patcher=patch)
     if log_format == "json":
         logger.add(_json_line, level=level, backtrace=False, diagnose=False)
     else:

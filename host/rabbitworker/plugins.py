@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points, packages_distributions, version
 from typing import Any
@@ -26,6 +26,7 @@ from rabbitworker.errors import (
     PluginInfo,
     PluginLoadError,
 )
+from rabbitworker.events import Delivery, Outcome
 from rabbitworker.handlers import HandlerSpec
 from rabbitworker.settings import HostSettings
 
@@ -33,6 +34,36 @@ ENTRY_POINT_GROUP = "rabbitworker.queues"
 
 #: The host's own features, registered first, on the same hooks as third-party plugins.
 BUILTIN_PLUGINS = ("rabbitworker.messagelog",)
+
+
+class MessageHooks:
+    """``rabbitworker_message_received`` / ``_settled``, called for every message.
+
+    The implementations are looked up once and called directly, which costs a fraction of
+    a pluggy hook call; one that raises is logged and the others still run.
+    """
+
+    def __init__(
+        self,
+        received: list[tuple[str, Callable[..., Any]]],
+        settled: list[tuple[str, Callable[..., Any]]],
+    ) -> None:
+        self._received = received
+        self._settled = settled
+
+    def received(self, delivery: Delivery) -> None:
+        for plugin, function in self._received:
+            try:
+                function(delivery)
+            except Exception:
+                logger.exception("plugin {}: rabbitworker_message_received raised", plugin)
+
+    def settled(self, delivery: Delivery, outcome: Outcome) -> None:
+        for plugin, function in self._settled:
+            try:
+                function(delivery, outcome)
+            except Exception:
+                logger.exception("plugin {}: rabbitworker_message_settled raised", plugin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +266,40 @@ class HostPlugins:
                     type(exc).__name__,
                     exc,
                 )
+
+    def message_hooks(self) -> MessageHooks:
+        """The per-message hooks, resolved once for the hot path (see :class:`MessageHooks`)."""
+        return MessageHooks(
+            self._callers("rabbitworker_message_received", ("delivery",)),
+            self._callers("rabbitworker_message_settled", ("delivery", "outcome")),
+        )
+
+    def _callers(
+        self, hook_name: str, parameters: tuple[str, ...]
+    ) -> list[tuple[str, Callable[..., Any]]]:
+        impls = self._impls(hook_name)
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            # Wrappers need pluggy's machinery: call the whole hook through it.
+            caller = getattr(self._pm.hook, hook_name)
+            return [
+                ("(wrapped hook)", lambda *args: caller(**dict(zip(parameters, args, strict=True))))
+            ]
+        callers: list[tuple[str, Callable[..., Any]]] = []
+        for impl in impls:
+            if tuple(impl.argnames) == parameters:
+                callers.append((impl.plugin_name, impl.function))
+            else:
+                wanted = [parameters.index(name) for name in impl.argnames]
+                function = impl.function
+                callers.append(
+                    (
+                        impl.plugin_name,
+                        lambda *args, f=function, w=wanted, names=impl.argnames: f(
+                            **{name: args[i] for name, i in zip(names, w, strict=True)}
+                        ),
+                    )
+                )
+        return callers
 
     def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
         order = {name: index for index, name in enumerate(self._info)}

@@ -200,8 +200,10 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
 def _conflict(what: str, wanted: str, exc: Exception) -> BrokerTopologyMismatchError:
     return BrokerTopologyMismatchError(
         f"{what} already exists on the broker with other settings than {wanted} "
-        f"(broker said: {exc}). Delete it (rabbitmqctl delete_queue / the management UI) if "
-        "nothing depends on it, or change the QueueConfig to match."
+        f"(broker said: {exc}). Either change the QueueConfig to match what exists, or, if "
+        "nothing else depends on it, move its messages away (e.g. a shovel) and delete it "
+        "(rabbitmqctl delete_queue, or the management UI) so the host can declare it anew; "
+        "deleting it drops the messages it holds."
     )
 
 

@@ -1,0 +1,297 @@
+"""Helpers of the fault-injection suite: host processes running ``fault_plugin``, broker
+outages, and the exact tally every fault test ends with.
+
+Counting rules, the same in every test:
+
+- *published*: the message ids the test handed to the broker (confirmed).
+- *handled*: distinct ids with an ``end`` event, i.e. whose handler completed.
+- *dead-lettered*: the copies drained from the DLQ, by id.
+- *left*: what is still in the work queue (and its retry queues) once no host runs.
+- *none missing*: handled, dead-lettered and left are disjoint and together are exactly
+  the published ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiormq
+from brokertools import AmqpClient, HostProcess, host_env, management_up
+
+QUEUE = "fault.q"
+ROUTING_KEY = "fault"
+DLQ = "tasks.dlq"
+
+
+def fault_queue(**overrides: Any) -> dict[str, Any]:
+    """QueueConfig keyword arguments of the suite's work queue."""
+    return {"name": QUEUE, "routing_key": ROUTING_KEY, **overrides}
+
+
+async def poll(
+    predicate: Callable[[], Any],
+    *,
+    within: float,
+    message: str,
+    interval: float = 0.05,
+) -> Any:
+    """Call ``predicate`` (sync or async) until it returns something truthy, or fail."""
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:g} s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+class FaultRig:
+    """Starts ``rabbitworker-host`` processes with ``fault_plugin``; all of a test's hosts
+    append to one events file, so a restarted host continues the same record."""
+
+    def __init__(self, amqp_url: str, workdir: Path) -> None:
+        self.amqp_url = amqp_url
+        self.workdir = workdir
+        self.events_path = workdir / "fault-events.jsonl"
+        self.gates = workdir / "gates"
+        self.gates.mkdir()
+        self.hosts: list[HostProcess] = []
+
+    async def start(
+        self, queues: list[dict[str, Any]] | None = None, *, wait: bool = True, **env: str
+    ) -> HostProcess:
+        """Start ``python -m rabbitworker``; with ``wait``, return once it consumes."""
+        host = self.spawn(queues, **env)
+        if wait:
+            await host.async_wait_for_log("consuming from", within=20)
+        return host
+
+    def spawn(self, queues: list[dict[str, Any]] | None = None, **env: str) -> HostProcess:
+        """Start a host process serving ``queues`` (default: the suite's one queue)."""
+        index = len(self.hosts)
+        config = self.workdir / f"fault-queues-{index}.json"
+        config.write_text(json.dumps(queues if queues is not None else [fault_queue()]))
+        log_path = self.workdir / f"fault-host-{index}.log"
+        full_env = host_env(
+            self.amqp_url,
+            RABBITWORKER_PLUGINS="fault_plugin",
+            FAULT_CONFIG=str(config),
+            FAULT_EVENTS=str(self.events_path),
+            FAULT_GATES=str(self.gates),
+            **env,
+        )
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "rabbitworker"],
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        host = HostProcess(process, log_path, self.events_path)
+        self.hosts.append(host)
+        return host
+
+    def kill_all(self) -> None:
+        for host in self.hosts:
+            if host.process.poll() is None:
+                host.process.kill()
+                host.process.wait(timeout=10)
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        if not self.events_path.exists():
+            return []
+        lines = self.events_path.read_text().splitlines()
+        events = [json.loads(line) for line in lines if line]
+        return [e for e in events if kind is None or e["event"] == kind]
+
+    def handled(self) -> set[str]:
+        """Distinct ids whose handler completed, in any host process of the test."""
+        return {e["id"] for e in self.events("end")}
+
+    def open_gate(self, name: str) -> None:
+        """Let every handler waiting on ``payload.gate == name`` go on."""
+        (self.gates / name).touch()
+
+    async def wait_events(
+        self,
+        kind: str,
+        count: int,
+        *,
+        within: float = 15.0,
+        alive: HostProcess | None = None,
+        distinct: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Wait for ``count`` events of ``kind`` (``distinct``: of distinct ids), failing
+        at once if the ``alive`` host exits meanwhile."""
+
+        def enough() -> list[dict[str, Any]] | None:
+            if alive is not None and alive.process.poll() is not None:
+                raise AssertionError(
+                    f"host exited with {alive.process.returncode} while waiting for {count} "
+                    f"{kind!r} events:\n{alive.log[-5000:]}"
+                )
+            found = self.events(kind)
+            seen = len({e["id"] for e in found}) if distinct else len(found)
+            return found if seen >= count else None
+
+        return await poll(  # type: ignore[no-any-return]
+            enough, within=within, message=f"{count} {kind!r} events"
+        )
+
+
+class Unroutable(AssertionError):
+    """A published message reached no queue."""
+
+
+async def publish_raw(
+    amqp: AmqpClient,
+    body: bytes,
+    message_id: str,
+    *,
+    content_type: str | None = None,
+    routing_key: str = ROUTING_KEY,
+    exchange: str = "tasks",
+) -> None:
+    """Publish any bytes, persistent (as publish_task does: a transient message would not
+    survive a broker restart), confirmed, and checked to be routed to a queue."""
+    target = (
+        amqp.channel.default_exchange
+        if exchange == ""
+        else await amqp.channel.get_exchange(exchange, ensure=False)
+    )
+    message = aio_pika.Message(
+        body,
+        message_id=message_id,
+        content_type=content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+    result = await target.publish(message, routing_key, mandatory=True)
+    # An unroutable mandatory message comes back as a Basic.Return before its confirm.
+    if isinstance(getattr(result, "delivery", None), aiormq.spec.Basic.Return):
+        raise Unroutable(f"{message_id!r}: no queue is bound to {routing_key!r}")
+
+
+async def publish_tasks(
+    amqp: AmqpClient, task: str, ids: Iterable[str], **payload: Any
+) -> list[str]:
+    """Publish ``{"task": task, "payload": payload}`` once per id (the AMQP message id)."""
+    body = json.dumps({"task": task, "payload": payload}).encode()
+    published = []
+    for message_id in ids:
+        await publish_raw(amqp, body, message_id, content_type="application/json")
+        published.append(message_id)
+    return published
+
+
+@dataclass
+class Tally:
+    """Where every published message ended up. Take it once no host is running."""
+
+    published: set[str]
+    handled: set[str]
+    dead: dict[str, dict[str, Any]]
+    left: set[str]
+    dead_copies: int
+    left_copies: int
+    completions: Counter[str] = field(default_factory=Counter)
+
+    def check(self, *, published: int, handled: int, dead_lettered: int, left: int) -> None:
+        """Assert the exact counts, and that no message is missing or counted twice."""
+        summary = (
+            f"published {len(self.published)}, handled {len(self.handled)}, dead-lettered "
+            f"{self.dead_copies}, left {self.left_copies}"
+        )
+        assert len(self.published) == published, summary
+        assert len(self.handled) == handled, summary
+        assert self.dead_copies == dead_lettered, summary
+        assert len(self.dead) == self.dead_copies, f"a message was dead-lettered twice: {summary}"
+        assert self.left_copies == left, summary
+        assert len(self.left) == self.left_copies, f"a message was left twice: {summary}"
+        assert not self.handled & set(self.dead), "handled and dead-lettered"
+        assert not self.handled & self.left, "handled and still in the queue"
+        assert not set(self.dead) & self.left, "dead-lettered and still in the queue"
+        accounted = self.handled | set(self.dead) | self.left
+        assert accounted == self.published, (
+            f"missing: {sorted(self.published - accounted)[:10]}, "
+            f"never published: {sorted(accounted - self.published)[:10]}"
+        )
+
+
+async def take_tally(
+    rig: FaultRig,
+    amqp: AmqpClient,
+    published: Iterable[str],
+    *,
+    queues: Iterable[str] = (QUEUE,),
+) -> Tally:
+    """Drain the DLQ and the work queues (no host may be running) and count."""
+    for host in rig.hosts:
+        assert host.process.poll() is not None, "stop every host before taking the tally"
+    dead_messages = await amqp.take_all(DLQ)
+    left_messages = [m for queue in queues for m in await amqp.take_all(queue)]
+    return Tally(
+        published=set(published),
+        handled=rig.handled(),
+        dead={str(m.message_id): dict(m.headers or {}) for m in dead_messages},
+        left={str(m.message_id) for m in left_messages},
+        dead_copies=len(dead_messages),
+        left_copies=len(left_messages),
+        completions=Counter(e["id"] for e in rig.events("end")),
+    )
+
+
+# -- the broker going away -----------------------------------------------------------------
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+async def _amqp_answers(url: str) -> bool:
+    try:
+        connection = await aio_pika.connect(url, timeout=2)
+    except Exception:
+        return False
+    await connection.close()
+    return True
+
+
+@asynccontextmanager
+async def broker_outage(amqp_url: str) -> AsyncIterator[None]:
+    """``rabbitmqctl stop_app`` on entry; on exit, whatever happened inside,
+    ``start_app`` and wait until AMQP and the management API answer again.
+
+    Only for the tests about a broker restart: it stops the broker for everyone.
+    """
+    await asyncio.to_thread(_rabbitmqctl, "stop_app")
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(_rabbitmqctl, "start_app")
+        await asyncio.to_thread(_rabbitmqctl, "await_startup")
+        await poll(lambda: _amqp_answers(amqp_url), within=60, message="AMQP after start_app")
+        await poll(
+            lambda: asyncio.to_thread(management_up),
+            within=60,
+            message="the management API after start_app",
+        )
+
+
+async def exit_code(host: HostProcess, within: float) -> int:
+    """Wait for ``host`` to exit on its own (no signal sent, unlike HostProcess.stop)."""
+    return await asyncio.to_thread(host.process.wait, within)
