@@ -27,6 +27,7 @@ from aio_pika.abc import (
 from loguru import logger
 from pydantic import ValidationError
 
+from rabbitworker.acks import AckBatcher
 from rabbitworker.config import QueueConfig
 from rabbitworker.context import TaskContext, _current
 from rabbitworker.errors import InvalidPayloadError, PermanentError
@@ -148,6 +149,7 @@ class QueueConsumer:
         self._dlx: AbstractExchange | None = dead_letter_exchange
         self._consumer_tag: ConsumerTag | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._acks = AckBatcher(config.name)
         # Handler timeouts: one watchdog per queue instead of a timer per message.
         self._deadlines: dict[asyncio.Task[Any], float] = {}
         self._timed_out: set[asyncio.Task[Any]] = set()
@@ -236,6 +238,10 @@ class QueueConsumer:
                     self._timed_out.add(task)
                     task.cancel()
 
+    async def flush_acks(self) -> None:
+        """Write the acks still pending (call before closing the channel)."""
+        await self._acks.drain()
+
     def close(self) -> None:
         """Stop the timeout watchdog (after the last message was settled or abandoned)."""
         if self._watchdog is not None:
@@ -254,6 +260,8 @@ class QueueConsumer:
         await self._on_message(message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # First, before any await: no multiple ack may cover this message until it is done.
+        self._acks.delivered(message)
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
@@ -261,6 +269,7 @@ class QueueConsumer:
         try:
             await self._process(message)
         except asyncio.CancelledError:
+            self._acks.forget(message)
             self._notify_unsettled(message, "the host stopped before the message was settled")
             raise
         finally:
@@ -337,21 +346,7 @@ class QueueConsumer:
         finally:
             _current.reset(token)
             self._deadlines.pop(current, None)
-        try:
-            await message.ack()
-        except Exception as exc:
-            logger.warning(
-                "[{}] could not ack message {} ({}: {}); the broker will deliver it again",
-                config.name,
-                message.message_id,
-                type(exc).__name__,
-                exc,
-            )
-            self._notify_settled(
-                delivery,
-                Outcome(Settlement.UNSETTLED, time.perf_counter() - started, detail=str(exc)),
-            )
-            return
+        self._acks.ack(message)
         self._notify_settled(
             delivery, Outcome(Settlement.ACKED, time.perf_counter() - started, result=result)
         )
@@ -497,7 +492,6 @@ class QueueConsumer:
         try:
             target = self._channel.default_exchange if isinstance(exchange, str) else exchange
             await target.publish(copy, routing_key=routing_key)
-            await message.ack()
         except Exception as publish_error:
             logger.warning(
                 "[{}] could not publish the {} of message {} ({}: {}); rejecting it to the "
@@ -508,6 +502,7 @@ class QueueConsumer:
                 type(publish_error).__name__,
                 publish_error,
             )
+            self._acks.forget(message)
             try:
                 await message.reject(requeue=False)
             except Exception as reject_error:
@@ -534,6 +529,7 @@ class QueueConsumer:
                 ),
             )
             return False
+        self._acks.ack(message)
         if outcome is not None:
             self._notify_settled(delivery, outcome)
         return True

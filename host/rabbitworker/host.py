@@ -253,6 +253,10 @@ class WorkerHost:
 
     async def _close(self) -> None:
         for consumer in self.consumers:
+            try:
+                await asyncio.wait_for(consumer.flush_acks(), timeout=2)
+            except Exception as exc:
+                logger.warning("[{}] pending acks not written: {}", consumer.config.name, exc)
             consumer.close()
         if self._backoff is not None:
             self._backoff.cancel()

@@ -142,9 +142,27 @@ class _InMemoryExchange:
 
 
 class _InMemoryChannel:
+    """Delivery tags and acks the way a broker channel counts them, plus its default
+    exchange (retries and requeues are published there)."""
+
     def __init__(self) -> None:
         self.default_exchange = _InMemoryExchange("")
         self.is_closed = False
+        self.unacked: dict[int, _InMemoryMessage] = {}
+        self._last_tag = 0
+
+    def deliver(self, message: _InMemoryMessage) -> None:
+        self._last_tag += 1
+        message.channel = self
+        message.delivery_tag = self._last_tag
+        self.unacked[self._last_tag] = message
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        tags = [t for t in self.unacked if t <= delivery_tag] if multiple else [delivery_tag]
+        if not tags or (delivery_tag not in self.unacked and not multiple):
+            raise RuntimeError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
+        for tag in tags:
+            self.unacked.pop(tag)._settle("ack")
 
 
 class _InMemoryMessage:
@@ -176,11 +194,12 @@ class _InMemoryMessage:
         self.type = None
         self.app_id = None
         self.settled: str | None = None
-
-    async def ack(self, multiple: bool = False) -> None:
-        self._settle("ack")
+        self.channel: _InMemoryChannel | None = None
+        self.delivery_tag = 0
 
     async def reject(self, requeue: bool = False) -> None:
+        if self.channel is not None:
+            self.channel.unacked.pop(self.delivery_tag, None)
         self._settle("reject")
 
     def _settle(self, how: str) -> None:
@@ -260,7 +279,9 @@ class WorkerUnderTest:
         )
         while True:
             already = len(channel.default_exchange.published)
+            channel.deliver(message)
             await consumer.handle(cast(AbstractIncomingMessage, message))
+            await consumer.flush_acks()
             if message.settled is None:
                 raise AssertionError(f"message {message_id} was neither acked nor rejected")
             history = self._recorder.outcomes.get(message_id, [])
