@@ -18,9 +18,15 @@ from rabbitworker.context import _current
 if TYPE_CHECKING:
     from loguru import Message, Record
 
+#: Static formats (loguru compiles them once). ``prefix``/``suffix`` are filled in by the
+#: patcher for lines logged inside a handler: ``[queue] ... (task T, message M)``.
 LOG_FORMAT = (
+    "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {extra[prefix]}{message}{extra[suffix]}"
+    "\n{exception}"
+)
+COLOR_LOG_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
-    "<level>{message}</level>"
+    "<level>{extra[prefix]}{message}</level><dim>{extra[suffix]}</dim>\n{exception}"
 )
 
 
@@ -30,25 +36,20 @@ def _add_task_context(record: Record) -> None:
     Read from the task context only when a line is actually logged, so messages whose
     handlers log nothing pay nothing for it.
     """
-    context = _current.get(None)
-    if context is not None:
-        extra = record["extra"]
-        extra.setdefault("queue", context.queue)
-        extra.setdefault("task", context.task)
-        extra.setdefault("message_id", context.message_id)
-
-
-def _text_format(record: Record) -> str:
-    """Lines logged inside a handler (by plugins too) get the message's ``[queue]`` prefix
-    and task, from the context the host binds around each message."""
     extra = record["extra"]
-    if "queue" in extra and "task" in extra and not record["message"].startswith("["):
-        return (
-            "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
-            "<level>[{extra[queue]}] {message}</level> <dim>(task {extra[task]}, message "
-            "{extra[message_id]})</dim>\n{exception}"
-        )
-    return LOG_FORMAT + "\n{exception}"
+    context = _current.get(None)
+    if context is None or "prefix" in extra:
+        extra.setdefault("prefix", "")
+        extra.setdefault("suffix", "")
+        return
+    extra.setdefault("queue", context.queue)
+    extra.setdefault("task", context.task)
+    extra.setdefault("message_id", context.message_id)
+    if record["message"].startswith("["):
+        extra["prefix"] = extra["suffix"] = ""
+    else:
+        extra["prefix"] = f"[{extra['queue']}] "
+        extra["suffix"] = f" (task {extra['task']}, message {extra['message_id']})"
 
 
 class InterceptHandler(logging.Handler):
@@ -86,7 +87,7 @@ def _json_line(message: Message) -> None:
         "message": record["message"],
         "logger": record["name"],
     }
-    data.update(record["extra"])
+    data.update((k, v) for k, v in record["extra"].items() if k not in ("prefix", "suffix"))
     if record["exception"] is not None:
         kind, value, _ = record["exception"]
         data["exception"] = f"{kind.__name__ if kind else 'Exception'}: {value}"
@@ -112,11 +113,12 @@ def setup_logging(
     if log_format == "json":
         logger.add(_json_line, level=level, backtrace=False, diagnose=False)
     else:
+        colorize = sys.stderr.isatty()
         logger.add(
             sys.stderr,
             level=level,
-            format=_text_format,
-            colorize=None,
+            format=COLOR_LOG_FORMAT if colorize else LOG_FORMAT,
+            colorize=colorize,
             backtrace=False,
             diagnose=False,
         )

@@ -12,11 +12,22 @@ from loguru import logger
 
 from rabbitworker.events import Delivery, Outcome, Settlement
 from rabbitworker.hookspecs import hookimpl
+from rabbitworker.settings import HostSettings
+
+#: The level of the per-message lines, from RABBITWORKER_MESSAGE_LOG_LEVEL at start-up.
+_level = "INFO"
+
+
+@hookimpl
+def rabbitworker_startup(settings: HostSettings) -> None:
+    global _level
+    _level = settings.message_log_level
 
 
 @hookimpl
 def rabbitworker_message_received(delivery: Delivery) -> None:
-    logger.info(
+    logger.log(
+        _level,
         "[{queue}] received message {message_id} task={task}{again}",
         queue=delivery.queue,
         message_id=delivery.message_id,
@@ -38,8 +49,10 @@ def rabbitworker_message_settled(delivery: Delivery, outcome: Outcome) -> None:
         "duration_ms": round(outcome.duration * 1000, 3),
     }
     if outcome.settlement is Settlement.ACKED:
-        logger.info(
-            "[{queue}] ACKed message {message_id} for task {task} in {duration_ms} ms", **fields
+        logger.log(
+            _level,
+            "[{queue}] ACKed message {message_id} for task {task} in {duration_ms} ms",
+            **fields,
         )
     elif outcome.settlement is Settlement.RETRIED:
         logger.warning(

@@ -84,6 +84,11 @@ class HostSettings(BaseSettings):
     log_level: str = Field(
         "INFO", description="Minimum level logged: TRACE, DEBUG, INFO, WARNING, ERROR."
     )
+    message_log_level: str = Field(
+        "INFO",
+        description="Level of the two lines logged for every message (received; ACKed). "
+        "Dead letters and retries are always WARNING. DEBUG keeps them out of an INFO log.",
+    )
     plugins: NameList = Field(
         default_factory=list,
         description="Extra plugin modules to load by import path, comma-separated "
@@ -162,7 +167,7 @@ class HostSettings(BaseSettings):
             )
         return value
 
-    @field_validator("log_level")
+    @field_validator("log_level", "message_log_level")
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
