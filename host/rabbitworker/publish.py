@@ -7,6 +7,7 @@ by every caller, so concurrent calls pipeline their confirms instead of queueing
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 import weakref
 from datetime import UTC, datetime
@@ -28,6 +29,9 @@ _CONNECTION_ERRORS = (
     aiormq.exceptions.AMQPConnectionError,
     ConnectionError,
 )
+
+
+AMQP_URL_ENV = "RABBITWORKER_AMQP_URL"
 
 
 class TaskPublisher:
@@ -66,6 +70,14 @@ class TaskPublisher:
             headers=headers,
         )
         try:
+            exchange = self._ready_exchange(exchange_name)
+            if exchange is not None:
+                # The common case: connected, channel open. aiormq bounds the confirm wait.
+                try:
+                    await self._send(exchange, message, exchange_name, routing_key, self.timeout)
+                    return message_id
+                except _CONNECTION_ERRORS:
+                    self._forget_channel()
             async with asyncio.timeout(self.timeout):
                 await self._publish_until_sent(message, exchange_name, routing_key)
         except TimeoutError as exc:
@@ -95,8 +107,18 @@ class TaskPublisher:
         self, message: aio_pika.Message, exchange_name: str, routing_key: str
     ) -> None:
         exchange = await self._exchange(exchange_name)
+        await self._send(exchange, message, exchange_name, routing_key, None)
+
+    async def _send(
+        self,
+        exchange: AbstractExchange,
+        message: aio_pika.Message,
+        exchange_name: str,
+        routing_key: str,
+        confirm_timeout: float | None,
+    ) -> None:
         try:
-            await exchange.publish(message, routing_key, mandatory=True)
+            await exchange.publish(message, routing_key, mandatory=True, timeout=confirm_timeout)
         except aio_pika.exceptions.PublishError as exc:
             raise UnroutableMessageError(exchange_name, routing_key) from exc
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
@@ -122,9 +144,16 @@ class TaskPublisher:
         self._channel = None
         self._exchanges.clear()
 
-    async def _exchange(self, name: str) -> AbstractExchange:
+    def _ready_exchange(self, name: str) -> AbstractExchange | None:
+        """The exchange, if the channel is open and the exchange known; else ``None``."""
         exchange = self._exchanges.get(name)
         if exchange is not None and self._channel is not None and not self._channel.is_closed:
+            return exchange
+        return None
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        exchange = self._ready_exchange(name)
+        if exchange is not None:
             return exchange
         async with self._lock:
             if self._connection is None or self._connection.is_closed:
@@ -164,17 +193,19 @@ _publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Task
 
 
 def get_publisher(settings: HostSettings | None = None) -> TaskPublisher:
-    """The shared publisher of the running loop for ``settings.amqp_url``."""
-    settings = settings or HostSettings()
+    """The shared publisher of the running loop for ``settings.amqp_url`` (default: the
+    host's settings, read once per value of ``RABBITWORKER_AMQP_URL``, not on every call)."""
     by_url = _publishers.setdefault(asyncio.get_running_loop(), {})
-    publisher = by_url.get(settings.amqp_url)
+    key = settings.amqp_url if settings else "env:" + os.environ.get(AMQP_URL_ENV, "")
+    publisher = by_url.get(key)
     if publisher is None:
+        settings = settings or HostSettings()
         publisher = TaskPublisher(
             settings.amqp_url,
             timeout=settings.publish_timeout,
             connect_timeout=settings.connect_timeout,
         )
-        by_url[settings.amqp_url] = publisher
+        by_url[key] = publisher
     return publisher
 
 
