@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 
 #: Static formats (loguru compiles them once). ``prefix``/``suffix`` are filled in by the
 #: patcher for lines logged inside a handler: ``[queue] ... (task T, message M)``.
+#: No trailing ``\n{exception}``: loguru appends it to every string format itself.
 LOG_FORMAT = (
     "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {extra[prefix]}{message}{extra[suffix]}"
-    "\n{exception}"
 )
 COLOR_LOG_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
-    "<level>{extra[prefix]}{message}</level><dim>{extra[suffix]}</dim>\n{exception}"
+    "<level>{extra[prefix]}{message}</level><dim>{extra[suffix]}</dim>"
 )
 
 

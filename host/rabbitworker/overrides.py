@@ -45,7 +45,8 @@ def apply_overrides(
     unknown = sorted(set(settings.queues) - known)
     if unknown:
         raise OverrideError(
-            f"queue overrides (in {ENV_VAR} or {config_file()}) name {', '.join(unknown)}, "
+            f"queue overrides (in {ENV_VAR}, or the TOML file {config_file()} if it exists) "
+            f"name {', '.join(unknown)}, "
             f"which no loaded plugin declares. Known queues: {', '.join(sorted(known))}."
         )
     from_env = _env_fields()

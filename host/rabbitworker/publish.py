@@ -7,9 +7,11 @@ by every caller, so concurrent calls pipeline their confirms instead of queueing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 import weakref
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -192,6 +194,37 @@ _publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Task
 )
 
 
+#: Per loop, the started async generator that closes its publishers (see _close_with_loop).
+_loop_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _closer() -> AsyncGenerator[None]:
+    try:
+        yield
+    finally:
+        # Best effort, bounded: the script is over, whatever state the broker is in.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await close_publishers()
+
+
+async def _close_with_loop() -> None:
+    """Close this loop's publishers when ``asyncio.run()`` ends, while the loop still runs.
+
+    A script that never calls :func:`close_publishers` would otherwise leave the connection
+    to be torn down after the loop closed, printing tracebacks on exit. asyncio has no
+    loop-shutdown callback, but ``asyncio.run()`` finalises every started async generator
+    (``loop.shutdown_asyncgens()``) before it closes the loop: this generator is that hook.
+    """
+    loop = asyncio.get_running_loop()
+    if loop not in _loop_closers:
+        closer = _closer()
+        await anext(closer)
+        _loop_closers[loop] = closer
+
+
 def get_publisher(settings: HostSettings | None = None) -> TaskPublisher:
     """The shared publisher of the running loop for ``settings.amqp_url`` (default: the
     host's settings, read once per value of ``RABBITWORKER_AMQP_URL``, not on every call)."""
@@ -227,6 +260,7 @@ async def publish_task(
     :raises PublishError: the broker is unreachable, the exchange does not exist, or the
         broker refused the message.
     """
+    await _close_with_loop()
     return await get_publisher().publish(
         message_body,
         routing_key,
