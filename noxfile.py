@@ -39,3 +39,29 @@ def typecheck(session: nox.Session) -> None:
     install_everything(session)
     session.install("mypy")
     session.run("mypy", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmark the host against raw aio-pika and FastStream (needs RabbitMQ + management API).
+
+    Not part of the test suite. `nox -s bench -- --quick` finishes in about two minutes;
+    without it, about ten. The bundled plugins are installed when present, for the start-up row.
+    """
+    from pathlib import Path
+
+    plugins = [f"./{path}" for path in PLUGINS if Path(path, "pyproject.toml").exists()]
+    session.install("-e", ".", "./bench/plugin", *plugins, "faststream[rabbit]", "psutil")
+    session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def faults(session: nox.Session) -> None:
+    """Run the fault-injection suite (kills hosts, restarts the broker, fuzzes bad input).
+
+    Every test counts where each message ended up. Needs the local RabbitMQ and the right to
+    run `rabbitmqctl stop_app`/`start_app` on it: it stops the broker for everyone for a few
+    seconds. About two minutes. Extra arguments go to pytest: `nox -s faults -- -k sigkill -x`.
+    """
+    install_everything(session)
+    session.run("pytest", "-m", "faults", *session.posargs)

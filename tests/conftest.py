@@ -10,14 +10,24 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
-from brokertools import API, AUTH, Broker, HostProcess, host_env, management_up, wait_for
+from brokertools import (
+    API,
+    AUTH,
+    AmqpClient,
+    Broker,
+    HostProcess,
+    closed_port,
+    host_env,
+    management_up,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +53,18 @@ def broker(management_api: str) -> Iterator[Broker]:
         timeout=10,
         json={"configure": ".*", "write": ".*", "read": ".*"},
     ).raise_for_status()
-    yield Broker(vhost, management_api)
+    broker = Broker(vhost, management_api)
+    yield broker
     httpx.delete(f"{management_api}/vhosts/{path}", auth=AUTH, timeout=30)
+    for user in broker.users:
+        httpx.delete(f"{management_api}/users/{quote(user, safe='')}", auth=AUTH, timeout=10)
+
+
+@pytest.fixture
+async def amqp(broker: Broker) -> AsyncIterator[AmqpClient]:
+    """An independent AMQP client on this test's vhost (exact counts, raw publishing)."""
+    async with AmqpClient(broker.amqp_url) as client:
+        yield client
 
 
 @pytest.fixture
@@ -60,6 +80,8 @@ def start_host(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., HostProc
 
     ``queues`` is a list of QueueConfig keyword dicts; handlers are always the probe's.
     Returns once the host logs that it is consuming (unless ``wait=False``).
+    ``command`` replaces ``python -m rabbitworker`` (e.g. the console script); ``args``
+    follow it; ``env`` adds or overrides environment variables.
     """
     started: list[HostProcess] = []
 
@@ -68,6 +90,7 @@ def start_host(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., HostProc
         *,
         wait: bool = True,
         args: tuple[str, ...] = (),
+        command: Sequence[str] = (sys.executable, "-m", "rabbitworker"),
         **env: str,
     ) -> HostProcess:
         index = len(started)
@@ -82,7 +105,7 @@ def start_host(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., HostProc
         full_env = host_env(amqp_url, PROBE_CONFIG=str(config), PROBE_EVENTS=str(events), **env)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "rabbitworker", *args],
+                [*command, *args],
                 env=full_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -98,3 +121,38 @@ def start_host(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., HostProc
         if host.process.poll() is None:
             host.process.kill()
             host.process.wait(timeout=10)
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``rabbitworker-host`` to completion (at most ``timeout`` s) with the probe's
+    environment and ``queues`` (QueueConfig keyword dicts), capturing stdout and stderr
+    apart. The broker URL defaults to a port nothing listens on: pass ``amqp_url``."""
+
+    def run(
+        *args: str,
+        queues: list[dict[str, Any]] | None = None,
+        amqp_url: str | None = None,
+        timeout: float = 20.0,
+        command: Sequence[str] = (sys.executable, "-m", "rabbitworker"),
+        **env: str,
+    ) -> subprocess.CompletedProcess[str]:
+        config = tmp_path / f"probe-cli-{uuid.uuid4().hex[:8]}.json"
+        config.write_text(
+            json.dumps(
+                queues if queues is not None else [{"name": "probe.q", "routing_key": "probe"}]
+            )
+        )
+        url = amqp_url or f"amqp://guest:guest@127.0.0.1:{closed_port()}/"
+        return subprocess.run(
+            [*command, *args],
+            env=host_env(
+                url, PROBE_CONFIG=str(config), PROBE_EVENTS=str(tmp_path / "events.jsonl"), **env
+            ),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run

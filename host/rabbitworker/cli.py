@@ -150,15 +150,6 @@ def run() -> None:
                 "no plugin contributes a queue. Install one (pip install ./plugins/reports) or "
                 "name a module with RABBITWORKER_PLUGINS.",
             )
-        for registration in registrations:
-            config = registration.config
-            logger.info(
-                "[{}] queue configured: routing key {!r}, prefetch {}, handlers {}",
-                config.name,
-                config.routing_key,
-                config.prefetch_count,
-                ", ".join(config.tasks),
-            )
         host = WorkerHost(settings, plugins, registrations)
         logger.info("rabbitworker-host starting on {}", settings.masked_amqp_url)
         _serve(host.run())

@@ -48,7 +48,11 @@ HEADER_ATTEMPT = "x-rabbitworker-attempt"
 HEADER_ATTEMPTS = "x-rabbitworker-attempts"
 HEADER_REDELIVERIES = "x-rabbitworker-redeliveries"
 
-JSON_CONTENT_TYPES = frozenset({"application/json", "text/json", "text/plain"})
+#: Content types a JSON body may come with: JSON itself, and what generic clients send when
+#: they say nothing precise. Anything else declared (XML, msgpack, ...) is a wrong type.
+JSON_CONTENT_TYPES = frozenset(
+    {"application/json", "text/json", "application/octet-stream", "binary/octet-stream"}
+)
 _MAX_HEADER_TEXT = 4096
 
 
@@ -71,7 +75,7 @@ def _is_json_content_type(content_type: str | None) -> bool:
     if not content_type:
         return True
     media = content_type.split(";", 1)[0].strip().lower()
-    return media in JSON_CONTENT_TYPES or media.endswith("+json")
+    return media in JSON_CONTENT_TYPES or media.endswith("+json") or media.startswith("text/")
 
 
 def decode_task(body: bytes, content_type: str | None, max_bytes: int) -> dict[str, Any]:
@@ -266,28 +270,36 @@ class QueueConsumer:
         assert task is not None
         self._in_flight.add(task)
         self._idle.clear()
-        try:
-            await self._process(message)
-        except asyncio.CancelledError:
-            self._acks.forget(message)
-            self._notify_unsettled(message, "the host stopped before the message was settled")
-            raise
-        finally:
-            self._in_flight.discard(task)
-            if not self._in_flight:
-                self._idle.set()
-
-    async def _process(self, message: AbstractIncomingMessage) -> None:
-        config = self.config
         headers = message.headers or {}
         delivery = Delivery(
-            config.name,
+            self.config.name,
             None,
             message.message_id,
             bool(message.redelivered),
             headers,
             _int_header(headers, HEADER_ATTEMPT, 1),
         )
+        try:
+            await self._process(message, delivery)
+        except asyncio.CancelledError:
+            self._acks.forget(message)
+            self._notify_settled(
+                delivery,
+                Outcome(
+                    Settlement.UNSETTLED,
+                    0.0,
+                    detail="the host stopped before the message was settled",
+                ),
+            )
+            raise
+        finally:
+            self._in_flight.discard(task)
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _process(self, message: AbstractIncomingMessage, delivery: Delivery) -> None:
+        config = self.config
+        headers = delivery.headers
         started = time.perf_counter()
         if message.redelivered and self._track_redeliveries:
             await self._count_redelivery(message, delivery, started)
@@ -533,13 +545,6 @@ class QueueConsumer:
         if outcome is not None:
             self._notify_settled(delivery, outcome)
         return True
-
-    def _notify_unsettled(self, message: AbstractIncomingMessage, detail: str) -> None:
-        headers = message.headers or {}
-        delivery = Delivery(
-            self.config.name, None, message.message_id, bool(message.redelivered), headers
-        )
-        self._notify_settled(delivery, Outcome(Settlement.UNSETTLED, 0.0, detail=detail))
 
     def _notify_consumer(self, consuming: bool, detail: str) -> None:
         self._consuming = consuming

@@ -82,7 +82,7 @@ async def test_a_quorum_queue_that_exists_with_other_arguments_is_a_clear_error(
     log = host.log
     assert QUEUE in log
     assert differing in log
-    assert "Delete it" in log, "says what to do"
+    assert "change the QueueConfig to match" in log, "says what to do"
     assert "change the QueueConfig" in log
     assert "Traceback" not in log
     assert queue.name == QUEUE

@@ -4,7 +4,7 @@
 ``prefetch_count``, ``exchange_name``, ``dlx_exchange_name``, ``dlq_name``). Every queue
 handles three tasks: ``work`` (async), ``work_sync`` (plain def) and ``fail`` (raises).
 Handlers append ``start``/``end`` events to the JSONL file ``PROBE_EVENTS``, so tests read
-what really ran and when.
+what really ran, when, in which process and thread, and with which message.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from typing import Any
+
+from loguru import logger
 
 from rabbitworker import QueueConfig, hookimpl
 
@@ -28,6 +31,8 @@ def _record(event: str, message: dict[str, Any]) -> None:
                 "id": message.get("payload", {}).get("id"),
                 "task": message.get("task"),
                 "queue": message.get("payload", {}).get("queue"),
+                "thread": threading.current_thread().name,
+                "message": message,
             }
         )
         + "\n"
@@ -62,6 +67,8 @@ async def fail(message: dict[str, Any]) -> None:
 def rabbitworker_queues() -> list[QueueConfig]:
     with open(os.environ["PROBE_CONFIG"]) as file:
         queues = json.load(file)
+    # A plugin's own log line: the tests check where it goes (stderr, never stdout).
+    logger.info("probe plugin contributes {} queue(s)", len(queues))
     return [
         QueueConfig(task_handlers={"work": work, "work_sync": work_sync, "fail": fail}, **queue)
         for queue in queues
