@@ -30,6 +30,15 @@ from brokertools import (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _plugin_data_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The bundled plugins write under $XDG_DATA_HOME: keep that out of the user's home
+    (host processes the tests start inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def management_api() -> str:
     """The RabbitMQ management HTTP API, enabled if it is not yet."""
