@@ -49,9 +49,15 @@ HEADER_ATTEMPTS = "x-rabbitworker-attempts"
 HEADER_REDELIVERIES = "x-rabbitworker-redeliveries"
 
 #: Content types a JSON body may come with: JSON itself, and what generic clients send when
-#: they say nothing precise. Anything else declared (XML, msgpack, ...) is a wrong type.
+#: they say nothing precise. Anything else declared (XML, HTML, msgpack, ...) is a wrong type.
 JSON_CONTENT_TYPES = frozenset(
-    {"application/json", "text/json", "application/octet-stream", "binary/octet-stream"}
+    {
+        "application/json",
+        "text/json",
+        "text/plain",
+        "application/octet-stream",
+        "binary/octet-stream",
+    }
 )
 _MAX_HEADER_TEXT = 4096
 
@@ -75,7 +81,7 @@ def _is_json_content_type(content_type: str | None) -> bool:
     if not content_type:
         return True
     media = content_type.split(";", 1)[0].strip().lower()
-    return media in JSON_CONTENT_TYPES or media.endswith("+json") or media.startswith("text/")
+    return media in JSON_CONTENT_TYPES or media.endswith("+json")
 
 
 def decode_task(body: bytes, content_type: str | None, max_bytes: int) -> dict[str, Any]:

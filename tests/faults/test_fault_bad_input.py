@@ -31,9 +31,10 @@ JSON_TYPES = [
     "text/json",
     "text/plain",
     "application/vnd.example.task+json",
+    # What generic clients send when they say nothing precise.
+    "application/octet-stream",
 ]
 WRONG_TYPES = [
-    "application/octet-stream",
     "application/xml",
     "text/html",
     "text/csv",
