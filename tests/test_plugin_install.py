@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import sysconfig
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from typing import Any
 
 import pytest
 from brokertools import AmqpClient, HostProcess, closed_port, host_env
+from venvs import venv_with_outer_packages
 
 import rabbitworker
 
@@ -141,22 +140,8 @@ class PluginEnv:
 
 @pytest.fixture
 def plugin_env(tmp_path: Path) -> PluginEnv:
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    here = sysconfig.get_paths()["purelib"]
-    # addsitedir, not a bare path: it also runs this environment's own .pth files (editable
-    # installs), so pip, hatchling and the host import in the new venv as they do here.
-    (Path(purelib) / "rabbitworker_test_outer_env.pth").write_text(
-        f"{HOST_SOURCE}\nimport site; site.addsitedir({here!r})\n"
-    )
-    return PluginEnv(tmp_path, python)
+    # The host's source too, so the host imports even where it is not installed editable.
+    return PluginEnv(tmp_path, venv_with_outer_packages(tmp_path, HOST_SOURCE))
 
 
 def queues_by_name(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -48,6 +48,26 @@ HEADER_ATTEMPT = "x-rabbitworker-attempt"
 HEADER_ATTEMPTS = "x-rabbitworker-attempts"
 HEADER_REDELIVERIES = "x-rabbitworker-redeliveries"
 
+#: Headers that describe past failures (ours and RabbitMQ's); a replayed message drops them.
+FAILURE_HEADERS = frozenset(
+    {
+        HEADER_QUEUE,
+        HEADER_REASON,
+        HEADER_ERROR,
+        HEADER_EXCEPTION_TYPE,
+        HEADER_EXCEPTION_MESSAGE,
+        HEADER_TASK,
+        HEADER_DEAD_LETTERED_AT,
+        HEADER_ATTEMPT,
+        HEADER_ATTEMPTS,
+        HEADER_REDELIVERIES,
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-first-death-exchange",
+        "x-death",
+    }
+)
+
 #: Content types a JSON body may come with: JSON itself, and what generic clients send when
 #: they say nothing precise. Anything else declared (XML, HTML, msgpack, ...) is a wrong type.
 JSON_CONTENT_TYPES = frozenset(

@@ -21,34 +21,15 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from rabbitworker.dispatch import (
-    HEADER_ATTEMPT,
+    FAILURE_HEADERS,
     HEADER_ATTEMPTS,
     HEADER_DEAD_LETTERED_AT,
     HEADER_ERROR,
     HEADER_QUEUE,
     HEADER_REASON,
-    HEADER_REDELIVERIES,
     HEADER_TASK,
 )
 from rabbitworker.errors import PublishError
-
-#: Headers describing a past failure; a replayed message starts afresh without them.
-FAILURE_HEADERS = (
-    HEADER_ATTEMPT,
-    HEADER_ATTEMPTS,
-    HEADER_DEAD_LETTERED_AT,
-    HEADER_ERROR,
-    HEADER_QUEUE,
-    HEADER_REASON,
-    HEADER_REDELIVERIES,
-    HEADER_TASK,
-    "x-rabbitworker-exception-type",
-    "x-rabbitworker-exception-message",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-first-death-exchange",
-    "x-death",
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,9 @@ Counting rules, the same in every test:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -28,7 +26,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from brokertools import AmqpClient, HostProcess, host_env, management_up
+from brokertools import AmqpClient, HostProcess, async_wait_for, host_env, management_up
 
 QUEUE = "fault.q"
 ROUTING_KEY = "fault"
@@ -48,16 +46,7 @@ async def poll(
     interval: float = 0.05,
 ) -> Any:
     """Call ``predicate`` (sync or async) until it returns something truthy, or fail."""
-    deadline = time.monotonic() + within
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g} s waiting for {message}")
-        await asyncio.sleep(interval)
+    return await async_wait_for(predicate, within=within, interval=interval, message=message)
 
 
 class FaultRig:

@@ -8,10 +8,10 @@ import sysconfig
 from pathlib import Path
 
 
-def venv_with_outer_packages(root: Path) -> Path:
+def venv_with_outer_packages(root: Path, *extra_paths: Path) -> Path:
     """Create a venv under ``root`` whose Python also imports everything installed here
-    (through a ``.pth`` running ``site.addsitedir``, so editable installs work too), and
-    return its python. Packages installed into it stay in it."""
+    (through a ``.pth`` running ``site.addsitedir``, so editable installs work too) and
+    ``extra_paths``, and return its python. Packages installed into it stay in it."""
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -22,5 +22,6 @@ def venv_with_outer_packages(root: Path) -> Path:
         check=True,
     ).stdout.strip()
     here = sysconfig.get_paths()["purelib"]
-    (Path(purelib) / "outer_env.pth").write_text(f"import site; site.addsitedir({here!r})\n")
+    lines = [*map(str, extra_paths), f"import site; site.addsitedir({here!r})"]
+    (Path(purelib) / "outer_env.pth").write_text("\n".join(lines) + "\n")
     return python
