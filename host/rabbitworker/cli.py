@@ -367,7 +367,6 @@ def publish(
     When the task's handler declares a payload model, the payload is validated against it
     first (exit 3 on a mismatch, nothing sent). Prints the message id.
     """
-    from rabbitworker.handlers import HandlerSpec
     from rabbitworker.publish import TaskPublisher
 
     settings = _settings()
@@ -385,8 +384,8 @@ def publish(
         if r.config.exchange_name == exchange and r.config.routing_key == routing_key
     ]
     for config in targets:
-        handler = config.task_handlers.get(task)
-        model = HandlerSpec.inspect(handler).payload_model if handler else None
+        spec = config.handler_specs.get(task)
+        model = spec.payload_model if spec else None
         if model is not None:
             try:
                 model.model_validate(data)

@@ -59,6 +59,8 @@ class QueueConfig:
     handler_timeout: float = 1500.0
     queue_type: str = "classic"
     delivery_limit: int = 5
+    #: How each task's handler is called, learned once when the config is built.
+    handler_specs: Mapping[str, HandlerSpec] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         queue = self.name if isinstance(self.name, str) and self.name else None
@@ -160,6 +162,7 @@ class QueueConfig:
                 "dead-letter",
                 queue,
             )
+        specs: dict[str, HandlerSpec] = {}
         for task, handler in handlers.items():
             if not isinstance(task, str) or not task:
                 raise InvalidQueueConfigError(
@@ -175,13 +178,19 @@ class QueueConfig:
                     queue,
                 )
             try:
-                HandlerSpec.inspect(handler)
+                specs[task] = HandlerSpec.inspect(handler)
             except HandlerSignatureError as exc:
                 raise InvalidQueueConfigError(
                     "task_handlers", f"task {task!r}: {exc}", queue
                 ) from exc
         # A private copy, so a plugin mutating its dict later cannot change a running host.
         object.__setattr__(self, "task_handlers", dict(handlers))
+        object.__setattr__(self, "handler_specs", specs)
+
+    @property
+    def has_sync_handlers(self) -> bool:
+        """Whether any handler is a plain ``def`` (it needs a worker thread)."""
+        return any(not spec.is_async for spec in self.handler_specs.values())
 
     @property
     def tasks(self) -> list[str]:

@@ -32,7 +32,6 @@ from rabbitworker.config import QueueConfig
 from rabbitworker.context import TaskContext, _current
 from rabbitworker.errors import InvalidPayloadError, PermanentError
 from rabbitworker.events import DeadLetterReason, Delivery, Outcome, Settlement
-from rabbitworker.handlers import HandlerSpec
 from rabbitworker.plugins import HostPlugins
 from rabbitworker.topology import queue_arguments, retry_queue_name
 
@@ -90,11 +89,6 @@ class _Failure(Exception):
         self.reason = reason
         self.detail = detail
         self.exc = exc
-
-
-def has_sync_handlers(config: QueueConfig) -> bool:
-    """Whether any handler of ``config`` is a plain ``def`` (it needs worker threads)."""
-    return any(not HandlerSpec.inspect(h).is_async for h in config.task_handlers.values())
 
 
 def _is_json_content_type(content_type: str | None) -> bool:
@@ -167,11 +161,10 @@ class QueueConsumer:
         self._channel = channel
         self._max_bytes = max_message_bytes
         self._max_attempts = 1 + config.max_retries
+        self._plugins = plugins
         self._hooks = plugins.message_hooks()
-        self._hook_consumer = plugins.hook.rabbitworker_consumer_changed
         self._invokers = {
-            task: HandlerSpec.inspect(h).invoker(executor)
-            for task, h in config.task_handlers.items()
+            task: spec.invoker(executor) for task, spec in config.handler_specs.items()
         }
         self._known_tasks = ", ".join(sorted(self._invokers))
         self._track_redeliveries = config.queue_type == "classic"
@@ -214,7 +207,7 @@ class QueueConsumer:
         )
         await self._queue.bind(exchange, config.routing_key)
         self._dlx = await self._channel.get_exchange(config.dlx_exchange_name, ensure=False)
-        self._consumer_tag = await self._queue.consume(self._on_message)
+        self._consumer_tag = await self._queue.consume(self.handle)
         await self._watch_cancellation()
         self._notify_consumer(True, f"consuming with prefetch {config.prefetch_count}")
 
@@ -287,9 +280,6 @@ class QueueConsumer:
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Settle one delivered message: the consumer callback, also used by
         :mod:`rabbitworker.testing` to run the same path without a broker."""
-        await self._on_message(message)
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # First, before any await: no multiple ack may cover this message until it is done.
         self._acks.delivered(message)
         task = asyncio.current_task()
@@ -306,10 +296,10 @@ class QueueConsumer:
             _int_header(headers, HEADER_ATTEMPT, 1),
         )
         try:
-            await self._process(message, delivery)
+            await self._process(message, delivery, task)
         except asyncio.CancelledError:
             self._acks.forget(message)
-            self._notify_settled(
+            self._hooks.settled(
                 delivery,
                 Outcome(
                     Settlement.UNSETTLED,
@@ -323,7 +313,9 @@ class QueueConsumer:
             if not self._in_flight:
                 self._idle.set()
 
-    async def _process(self, message: AbstractIncomingMessage, delivery: Delivery) -> None:
+    async def _process(
+        self, message: AbstractIncomingMessage, delivery: Delivery, current: asyncio.Task[Any]
+    ) -> None:
         config = self.config
         headers = delivery.headers
         started = time.perf_counter()
@@ -341,10 +333,10 @@ class QueueConsumer:
                     f"(it handles: {self._known_tasks})",
                 )
         except _Failure as bad_input:
-            self._notify_received(delivery)
+            self._hooks.received(delivery)
             await self._dead_letter(message, delivery, started, bad_input)
             return
-        self._notify_received(delivery)
+        self._hooks.received(delivery)
         token = _current.set(
             TaskContext(
                 config.name,
@@ -356,8 +348,6 @@ class QueueConsumer:
                 headers,
             )
         )
-        current = asyncio.current_task()
-        assert current is not None
         self._deadlines[current] = time.monotonic() + config.handler_timeout
         if self._watchdog is None:
             self._watchdog = asyncio.get_running_loop().create_task(self._enforce_timeouts())
@@ -385,7 +375,7 @@ class QueueConsumer:
             _current.reset(token)
             self._deadlines.pop(current, None)
         self._acks.ack(message)
-        self._notify_settled(
+        self._hooks.settled(
             delivery, Outcome(Settlement.ACKED, time.perf_counter() - started, result=result)
         )
 
@@ -432,7 +422,9 @@ class QueueConsumer:
             failure.detail,
             retry_in=delay,
         )
-        await self._publish_then_ack(message, "", target, headers, delivery, outcome)
+        await self._publish_then_ack(
+            message, self._channel.default_exchange, target, headers, delivery, outcome
+        )
 
     async def _count_redelivery(
         self, message: AbstractIncomingMessage, delivery: Delivery, started: float
@@ -445,7 +437,7 @@ class QueueConsumer:
         """
         redeliveries = _int_header(delivery.headers, HEADER_REDELIVERIES, 0) + 1
         if redeliveries > self.config.delivery_limit:
-            self._notify_received(delivery)
+            self._hooks.received(delivery)
             failure = _Failure(
                 DeadLetterReason.DELIVERY_LIMIT,
                 f"delivered {redeliveries} times without being settled (the worker crashed or "
@@ -455,7 +447,10 @@ class QueueConsumer:
             return
         headers = dict(delivery.headers)
         headers[HEADER_REDELIVERIES] = redeliveries
-        if await self._publish_then_ack(message, "", self.config.name, headers, delivery, None):
+        requeued = await self._publish_then_ack(
+            message, self._channel.default_exchange, self.config.name, headers, delivery, None
+        )
+        if requeued:
             logger.info(
                 "[{}] message {} was delivered before without being settled ({} of {} allowed); "
                 "requeued at the tail",
@@ -498,7 +493,7 @@ class QueueConsumer:
     async def _publish_then_ack(
         self,
         message: AbstractIncomingMessage,
-        exchange: AbstractExchange | str,
+        exchange: AbstractExchange,
         routing_key: str,
         headers: dict[str, Any],
         delivery: Delivery,
@@ -528,8 +523,7 @@ class QueueConsumer:
             app_id=message.app_id,
         )
         try:
-            target = self._channel.default_exchange if isinstance(exchange, str) else exchange
-            await target.publish(copy, routing_key=routing_key)
+            await exchange.publish(copy, routing_key=routing_key)
         except Exception as publish_error:
             logger.warning(
                 "[{}] could not publish the {} of message {} ({}: {}); rejecting it to the "
@@ -551,12 +545,12 @@ class QueueConsumer:
                     message.message_id,
                     reject_error,
                 )
-                self._notify_settled(
+                self._hooks.settled(
                     delivery, Outcome(Settlement.UNSETTLED, 0.0, detail=str(reject_error))
                 )
                 return False
             reason = outcome.reason if outcome else None
-            self._notify_settled(
+            self._hooks.settled(
                 delivery,
                 Outcome(
                     Settlement.DEAD_LETTERED,
@@ -569,18 +563,9 @@ class QueueConsumer:
             return False
         self._acks.ack(message)
         if outcome is not None:
-            self._notify_settled(delivery, outcome)
+            self._hooks.settled(delivery, outcome)
         return True
 
     def _notify_consumer(self, consuming: bool, detail: str) -> None:
         self._consuming = consuming
-        try:
-            self._hook_consumer(queue=self.config.name, consuming=consuming, detail=detail)
-        except Exception:
-            logger.exception("a rabbitworker_consumer_changed hook raised")
-
-    def _notify_received(self, delivery: Delivery) -> None:
-        self._hooks.received(delivery)
-
-    def _notify_settled(self, delivery: Delivery, outcome: Outcome) -> None:
-        self._hooks.settled(delivery, outcome)
+        self._plugins.consumer_changed(self.config.name, consuming, detail)

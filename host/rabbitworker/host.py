@@ -13,7 +13,7 @@ import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from loguru import logger
 
-from rabbitworker.dispatch import QueueConsumer, has_sync_handlers
+from rabbitworker.dispatch import QueueConsumer
 from rabbitworker.errors import BrokerConnectionError
 from rabbitworker.plugins import HostPlugins, QueueRegistration
 from rabbitworker.publish import close_publishers
@@ -103,7 +103,7 @@ class WorkerHost:
 
     def _thread_pool(self) -> ThreadPoolExecutor | None:
         sync_slots = sum(
-            r.config.prefetch_count for r in self.registrations if has_sync_handlers(r.config)
+            r.config.prefetch_count for r in self.registrations if r.config.has_sync_handlers
         )
         threads = self.settings.sync_handler_threads or sync_slots
         if not threads:
@@ -128,9 +128,7 @@ class WorkerHost:
             ) from exc
         logger.info("connected to {}", url)
         self._was_connected = True
-        self.plugins.hook.rabbitworker_connection_changed(
-            connected=True, detail=f"connected to {url}"
-        )
+        self.plugins.connection_changed(connected=True, detail=f"connected to {url}")
         self._connection.close_callbacks.add(self._on_connection_lost)
         self._connection.reconnect_callbacks.add(self._on_reconnected)
         channel = await self._connection.channel()
@@ -147,9 +145,7 @@ class WorkerHost:
             # Failed reconnection attempts close again; the outage was reported once.
             return
         self._was_connected = False
-        self.plugins.hook.rabbitworker_connection_changed(
-            connected=False, detail=f"{type(exc).__name__}: {exc}"
-        )
+        self.plugins.connection_changed(connected=False, detail=f"{type(exc).__name__}: {exc}")
         for consumer in self.consumers:
             consumer.connection_lost()
         logger.warning(
@@ -165,7 +161,7 @@ class WorkerHost:
         assert self._connection is not None
         self._was_connected = True
         self._connection.reconnect_interval = self.settings.reconnect_interval  # type: ignore[attr-defined]
-        self.plugins.hook.rabbitworker_connection_changed(
+        self.plugins.connection_changed(
             connected=True, detail=f"reconnected to {self.settings.masked_amqp_url}"
         )
         for consumer in self.consumers:

@@ -27,7 +27,6 @@ from rabbitworker.errors import (
     PluginLoadError,
 )
 from rabbitworker.events import Delivery, Outcome
-from rabbitworker.handlers import HandlerSpec
 from rabbitworker.settings import HostSettings
 
 ENTRY_POINT_GROUP = "rabbitworker.queues"
@@ -83,7 +82,6 @@ class HostPlugins:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self._info: dict[str, PluginInfo] = {}
-        self.hook = self._pm.hook
 
     @classmethod
     def load(cls, settings: HostSettings) -> HostPlugins:
@@ -267,6 +265,25 @@ class HostPlugins:
                     exc,
                 )
 
+    def connection_changed(self, connected: bool, detail: str) -> None:
+        """Call ``rabbitworker_connection_changed``; a plugin that raises is logged."""
+        self._notify("rabbitworker_connection_changed", connected=connected, detail=detail)
+
+    def consumer_changed(self, queue: str, consuming: bool, detail: str) -> None:
+        """Call ``rabbitworker_consumer_changed``; a plugin that raises is logged."""
+        self._notify(
+            "rabbitworker_consumer_changed", queue=queue, consuming=consuming, detail=detail
+        )
+
+    def _notify(self, hook_name: str, **arguments: Any) -> None:
+        for impl in self._impls(hook_name):
+            try:
+                impl.function(**_kwargs(impl, **arguments))
+            except Exception:
+                logger.exception(
+                    "plugin {}: {} raised", self._info[impl.plugin_name].describe(), hook_name
+                )
+
     def message_hooks(self) -> MessageHooks:
         """The per-message hooks, resolved once for the hot path (see :class:`MessageHooks`)."""
         return MessageHooks(
@@ -289,16 +306,15 @@ class HostPlugins:
             if tuple(impl.argnames) == parameters:
                 callers.append((impl.plugin_name, impl.function))
             else:
-                wanted = [parameters.index(name) for name in impl.argnames]
-                function = impl.function
-                callers.append(
-                    (
-                        impl.plugin_name,
-                        lambda *args, f=function, w=wanted, names=impl.argnames: f(
-                            **{name: args[i] for name, i in zip(names, w, strict=True)}
-                        ),
-                    )
-                )
+                # The implementation takes only some of the arguments, by name.
+                def call(
+                    *args: Any,
+                    f: Callable[..., Any] = impl.function,
+                    names: tuple[str, ...] = tuple(impl.argnames),
+                ) -> Any:
+                    return f(**{n: a for n, a in zip(parameters, args, strict=True) if n in names})
+
+                callers.append((impl.plugin_name, call))
         return callers
 
     def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
@@ -367,8 +383,8 @@ def iter_plugin_rows(registrations: Iterable[QueueRegistration]) -> list[dict[st
             },
             "overrides": registration.overrides,
             "task_schemas": {
-                task: HandlerSpec.inspect(handler).payload_schema()
-                for task, handler in sorted(registration.config.task_handlers.items())
+                task: spec.payload_schema()
+                for task, spec in sorted(registration.config.handler_specs.items())
             },
         }
         for registration in registrations

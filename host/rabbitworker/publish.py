@@ -98,18 +98,13 @@ class TaskPublisher:
         twice, never zero times)."""
         while True:
             try:
-                await self._publish_once(message, exchange_name, routing_key)
+                exchange = await self._exchange(exchange_name)
+                await self._send(exchange, message, exchange_name, routing_key, None)
                 return
             except _CONNECTION_ERRORS as exc:
                 self._forget_channel()
                 logger.debug("publish interrupted ({!r}); retrying after reconnection", exc)
                 await asyncio.sleep(0.2)
-
-    async def _publish_once(
-        self, message: aio_pika.Message, exchange_name: str, routing_key: str
-    ) -> None:
-        exchange = await self._exchange(exchange_name)
-        await self._send(exchange, message, exchange_name, routing_key, None)
 
     async def _send(
         self,

@@ -39,6 +39,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from rabbitworker.dispatch import QueueConsumer
+from rabbitworker.errors import PluginInfo
 from rabbitworker.events import Delivery, Outcome, Settlement
 from rabbitworker.hookspecs import hookimpl
 from rabbitworker.plugins import HostPlugins, QueueRegistration
@@ -335,9 +336,7 @@ class WorkerUnderTest:
         return matches[0]
 
 
-def _recorder_info() -> Any:
-    from rabbitworker.errors import PluginInfo
-
+def _recorder_info() -> PluginInfo:
     return PluginInfo(name=f"rabbitworker.testing-{uuid.uuid4().hex[:6]}", module=__name__)
 
 
