@@ -23,10 +23,22 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aio_pika
 import aiormq
-from brokertools import AmqpClient, HostProcess, async_wait_for, host_env, management_up
+import httpx
+from brokertools import (
+    API,
+    AUTH,
+    AmqpClient,
+    Broker,
+    HostProcess,
+    async_wait_for,
+    closed_port,
+    host_env,
+    management_up,
+)
 
 QUEUE = "fault.q"
 ROUTING_KEY = "fault"
@@ -284,3 +296,154 @@ async def broker_outage(amqp_url: str) -> AsyncIterator[None]:
 async def exit_code(host: HostProcess, within: float) -> int:
     """Wait for ``host`` to exit on its own (no signal sent, unlike HostProcess.stop)."""
     return await asyncio.to_thread(host.process.wait, within)
+
+
+# -- the broker's management API and alarms, for the fault cases of the settlement core ----
+
+
+def _api_path(broker: Broker, kind: str, name: str = "") -> str:
+    base = f"{broker.api}/{kind}/{quote(broker.vhost, safe='')}"
+    return f"{base}/{quote(name, safe='')}" if name else base
+
+
+async def delete_exchange(broker: Broker, name: str) -> None:
+    """Delete an exchange under the running host, as an operator would."""
+    response = await asyncio.to_thread(
+        httpx.delete, _api_path(broker, "exchanges", name), auth=AUTH, timeout=10
+    )
+    response.raise_for_status()
+
+
+async def delete_queue(broker: Broker, name: str) -> None:
+    """Delete a queue (and the messages in it) under the running host."""
+    response = await asyncio.to_thread(
+        httpx.delete, _api_path(broker, "queues", name), auth=AUTH, timeout=10
+    )
+    response.raise_for_status()
+
+
+async def connections_named(broker: Broker, prefix: str) -> list[dict[str, Any]]:
+    """This vhost's connections whose client connection_name starts with ``prefix``
+    (the management API lists a new connection a moment late: poll for it)."""
+    response = await asyncio.to_thread(
+        httpx.get,
+        f"{broker.api}/vhosts/{quote(broker.vhost, safe='')}/connections",
+        auth=AUTH,
+        timeout=10,
+    )
+    response.raise_for_status()
+    return [
+        c
+        for c in response.json()
+        if str((c.get("client_properties") or {}).get("connection_name", "")).startswith(prefix)
+    ]
+
+
+async def force_close_connections(broker: Broker, prefix: str, *, within: float = 15) -> int:
+    """Close (``DELETE /api/connections/{name}``) every connection of this vhost named
+    ``prefix...``, waiting until there is at least one; returns how many were closed."""
+    found = await poll(
+        lambda: connections_named(broker, prefix),
+        within=within,
+        interval=0.2,
+        message=f"a connection named {prefix!r}",
+    )
+    for connection in found:
+        response = await asyncio.to_thread(
+            httpx.delete,
+            f"{broker.api}/connections/{quote(connection['name'], safe='')}",
+            auth=AUTH,
+            timeout=10,
+            headers={"X-Reason": "closed by the fault suite"},
+        )
+        if response.status_code != 404:  # gone already: closed all the same
+            response.raise_for_status()
+    return len(found)
+
+
+async def channels_of(broker: Broker, connection_name: str) -> list[dict[str, Any]]:
+    """The channels the broker holds open on one connection (by its broker-side name)."""
+    response = await asyncio.to_thread(
+        httpx.get,
+        f"{broker.api}/connections/{quote(connection_name, safe='')}/channels",
+        auth=AUTH,
+        timeout=10,
+    )
+    response.raise_for_status()
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _current_watermark() -> str:
+    """The broker's memory high watermark as ``set_vm_memory_high_watermark`` takes it."""
+    done = subprocess.run(
+        ["rabbitmqctl", "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    value = done.stdout.strip()
+    try:
+        if float(value) > 0:
+            return value
+    except ValueError:
+        pass
+    return "0.4"  # the broker's default; an absolute setting is not read back here
+
+
+@asynccontextmanager
+async def memory_alarm() -> AsyncIterator[None]:
+    """Raise the broker's memory alarm (watermark 0) until the block ends, whatever happens
+    inside; then the previous watermark again. It blocks every publishing connection of the
+    broker (everyone's): hold it only for seconds."""
+    previous = await asyncio.to_thread(_current_watermark)
+    await asyncio.to_thread(_rabbitmqctl, "set_vm_memory_high_watermark", "0")
+    try:
+        await poll(
+            lambda: asyncio.to_thread(_memory_alarm_raised),
+            within=20,
+            interval=0.2,
+            message="the memory alarm to be raised",
+        )
+        yield
+    finally:
+        await asyncio.to_thread(_rabbitmqctl, "set_vm_memory_high_watermark", previous)
+        await poll(
+            lambda: asyncio.to_thread(lambda: not _memory_alarm_raised()),
+            within=30,
+            interval=0.2,
+            message="the memory alarm to clear",
+        )
+
+
+def _memory_alarm_raised() -> bool:
+    response = httpx.get(f"{API}/nodes", auth=AUTH, timeout=10)
+    response.raise_for_status()
+    return any(node.get("mem_alarm") for node in response.json())
+
+
+def free_port() -> int:
+    """A local TCP port free right now (for RABBITWORKER_METRICS_PORT)."""
+    return closed_port()
+
+
+async def scrape(port: int, path: str = "/metrics") -> httpx.Response:
+    """GET the host's metrics server."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        return await client.get(f"http://127.0.0.1:{port}{path}")
+
+
+async def metric_value(port: int, name: str, labels: str) -> float | None:
+    """One sample of the host's /metrics, e.g. ``("rabbitworker_messages_in_flight",
+    'queue="fault.q"')``; ``None`` if absent."""
+    text = (await scrape(port)).text
+    wanted = f"{name}{{{labels}}} "
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            return float(line[len(wanted) :])
+    return None
+
+
+def starts_per_id(rig: FaultRig) -> Counter[str]:
+    """How many times each message's handler was entered, in every host of the test."""
+    return Counter(e["id"] for e in rig.events("start"))

@@ -140,6 +140,35 @@ async def stubborn(message: dict[str, Any]) -> None:
             record("cancel-ignored")
 
 
+# -- handlers of the settlement-core fault cases ------------------------------------------
+
+
+async def cancel_and_return(message: dict[str, Any]) -> str:
+    """A common clean-up pattern: wait (for the gate, or forever), and on cancellation clean
+    up and return normally. A message whose handler the host cancelled is unfinished even so."""
+    record("start")
+    try:
+        if isinstance(_payload(message).get("gate"), str):
+            await _wait_for_gate(_payload(message))
+        else:
+            await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        record("cancelled")
+        return "cleaned up"
+    record("end")
+    return "done"
+
+
+def sleep_sync(message: dict[str, Any]) -> str:
+    """A plain ``def`` handler (run off the event loop): ``time.sleep(payload.sleep)``."""
+    record("start")
+    sleep = _payload(message).get("sleep", 0)
+    if isinstance(sleep, int | float) and sleep > 0:
+        time.sleep(sleep)
+    record("end")
+    return "done"
+
+
 HANDLERS = {
     "work": work,
     "crash": crash,
@@ -150,6 +179,8 @@ HANDLERS = {
     "accept": accept,
     "hang": hang,
     "stubborn": stubborn,
+    "cancel_and_return": cancel_and_return,
+    "sleep_sync": sleep_sync,
 }
 
 
