@@ -447,3 +447,13 @@ async def metric_value(port: int, name: str, labels: str) -> float | None:
 def starts_per_id(rig: FaultRig) -> Counter[str]:
     """How many times each message's handler was entered, in every host of the test."""
     return Counter(e["id"] for e in rig.events("start"))
+
+
+async def messages_anywhere(amqp: AmqpClient, broker: Broker) -> dict[str, int]:
+    """Every queue of the vhost holding ready messages, with its exact count (AMQP, not the
+    management API's statistics, which lag seconds behind)."""
+    found = {}
+    for name in broker.queues():
+        if count := await amqp.ready(name):
+            found[name] = count
+    return found
