@@ -169,6 +169,14 @@ def sleep_sync(message: dict[str, Any]) -> str:
     return "done"
 
 
+async def fail_after_gate(message: dict[str, Any]) -> None:
+    """Wait for the message's gate (if any), then raise: a failure at a moment of the
+    test's choosing (e.g. during a broker alarm)."""
+    record("start")
+    await _wait_for_gate(_payload(message))
+    raise ValueError("failed after the gate")
+
+
 HANDLERS = {
     "work": work,
     "crash": crash,
@@ -181,6 +189,7 @@ HANDLERS = {
     "stubborn": stubborn,
     "cancel_and_return": cancel_and_return,
     "sleep_sync": sleep_sync,
+    "fail_after_gate": fail_after_gate,
 }
 
 
