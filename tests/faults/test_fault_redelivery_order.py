@@ -1,0 +1,127 @@
+"""Redelivery keeps the message's place and tells the truth: a message delivered again after
+a crash comes first, marked redelivered; one abandoned by clean shutdowns is not counted as
+a crash; a real poison message still reaches the DLQ at the delivery limit. Each on a
+classic queue (the default) and on a quorum queue."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from brokertools import AmqpClient
+from faultkit import DLQ, QUEUE, FaultRig, exit_code, fault_queue, poll, publish_tasks, take_tally
+
+pytestmark = [pytest.mark.faults, pytest.mark.broker]
+
+QUEUE_TYPES = pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+
+
+@QUEUE_TYPES
+async def test_after_a_crash_the_redelivered_message_is_handled_first_and_marked_redelivered(
+    rig: FaultRig, amqp: AmqpClient, queue_type: str
+) -> None:
+    queues = [fault_queue(prefetch_count=1, queue_type=queue_type)]
+    first = await rig.start(queues)
+    ids = [f"o-{i}" for i in range(10)]
+    published = await publish_tasks(amqp, "work", ids, sleep=0.3)
+
+    def third_in_flight() -> bool:
+        return any(e["id"] == "o-3" for e in rig.events("start"))
+
+    await poll(third_in_flight, within=15, message="o-3 in flight")
+    first.process.kill()
+    first.process.wait(timeout=10)
+
+    async def back_in_queue() -> bool:
+        return await amqp.ready(QUEUE) == 7
+
+    await poll(back_in_queue, within=15, message="o-3..o-9 ready again")
+    second = await rig.start(queues)
+    await rig.wait_events("end", 10, alive=second, distinct=True, within=20)
+    assert await second.async_stop() == 0
+
+    ends = [e["id"] for e in rig.events("end")]
+    assert ends == ids, f"handled out of publish order: {ends}"
+    restarted = [e for e in rig.events("start") if e["pid"] == second.process.pid]
+    assert [e["id"] for e in restarted] == ids[3:], "o-3 first after the restart"
+    assert restarted[0]["redelivered"] is True, "the handler is told o-3 came again"
+    assert not any(e["redelivered"] for e in restarted[1:])
+    tally = await take_tally(rig, amqp, published)
+    tally.check(published=10, handled=10, dead_lettered=0, left=0)
+
+
+@QUEUE_TYPES
+async def test_a_message_abandoned_by_clean_shutdowns_beyond_the_delivery_limit_is_still_handled(
+    rig: FaultRig, amqp: AmqpClient, queue_type: str
+) -> None:
+    limit = 2
+    queues = [fault_queue(queue_type=queue_type, delivery_limit=limit)]
+    published = None
+    for shutdown in range(limit + 1):
+        host = await rig.start(queues, RABBITWORKER_SHUTDOWN_TIMEOUT="1")
+        if published is None:
+            published = await publish_tasks(amqp, "work", ["slow"], sleep=2.5)
+        await rig.wait_events("start", shutdown + 1, alive=host)
+        host.process.send_signal(signal.SIGTERM)  # the handler outlives the 1 s timeout
+        assert await exit_code(host, within=20) == 0
+        assert not rig.handled(), "it was abandoned, not finished"
+        assert await amqp.ready(DLQ) == 0, f"dead-lettered after clean shutdown {shutdown + 1}"
+
+    last = await rig.start(queues)
+
+    async def outcome() -> str | None:
+        if rig.handled():
+            return "handled"
+        if await amqp.ready(DLQ):
+            return "dead-lettered"
+        return None
+
+    settled = await poll(outcome, within=20, message="the message handled or dead-lettered")
+    assert await last.async_stop() == 0
+    assert settled == "handled", "clean shutdowns were counted as crashes"
+
+    assert len(rig.events("start")) == limit + 2
+    tally = await take_tally(rig, amqp, published or [])
+    tally.check(published=1, handled=1, dead_lettered=0, left=0)
+
+
+@QUEUE_TYPES
+async def test_a_message_that_crashes_the_worker_is_dead_lettered_at_the_delivery_limit(
+    rig: FaultRig, amqp: AmqpClient, queue_type: str
+) -> None:
+    limit = 2
+    queues = [fault_queue(queue_type=queue_type, delivery_limit=limit)]
+    host = await rig.start(queues)
+    published = await publish_tasks(amqp, "crash", ["poison"])
+    published += await publish_tasks(amqp, "work", ["ok-0", "ok-1", "ok-2"])
+
+    async def crashed_or_dead_lettered() -> str | None:
+        if host.process.poll() is not None:
+            return "crashed"
+        if await amqp.ready(DLQ):
+            return "dead-lettered"
+        return None
+
+    crashes = 0
+    # The test plays the supervisor: it restarts the host each time the poison kills it.
+    while await poll(crashed_or_dead_lettered, within=20, message="a crash or the DLQ") == (
+        "crashed"
+    ):
+        assert host.process.returncode == 1, host.log[-3000:]
+        crashes += 1
+        assert crashes <= limit + 1, "the poison message keeps killing the worker"
+        host = await rig.start(queues, wait=False)
+
+    await rig.wait_events("end", 3, alive=host)
+    assert await host.async_stop() == 0
+
+    assert crashes == limit + 1
+    tally = await take_tally(rig, amqp, published)
+    tally.check(published=4, handled=3, dead_lettered=1, left=0)
+    headers = tally.dead["poison"]
+    if headers.get("x-rabbitworker-reason") is None:  # the quorum queue's own limit
+        [death] = headers["x-death"]
+        assert (death["reason"], death["queue"]) == ("delivery_limit", QUEUE)
+    else:
+        assert headers["x-rabbitworker-reason"] == "delivery-limit"
+        assert headers["x-rabbitworker-queue"] == QUEUE
