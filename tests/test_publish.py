@@ -96,13 +96,13 @@ async def test_exchange_name_selects_another_exchange(amqp: AmqpClient) -> None:
 async def test_calls_share_one_publisher_and_one_connection() -> None:
     await publish_task(MESSAGE, "reports")
     publisher = get_publisher()
-    connection = publisher._connection
+    connection = publisher.connection
 
     for _ in range(5):
         await publish_task(MESSAGE, "reports")
 
     assert get_publisher() is publisher
-    assert publisher._connection is connection
+    assert publisher.connection is connection
     assert connection is not None
     assert not connection.is_closed
 

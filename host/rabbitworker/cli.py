@@ -32,7 +32,7 @@ from rabbitworker.handlers import handlers_running_in_threads
 from rabbitworker.logs import secret_forms, setup_logging
 from rabbitworker.overrides import OverrideError, apply_overrides
 from rabbitworker.plugins import HostPlugins, QueueRegistration, iter_plugin_rows
-from rabbitworker.settings import HostSettings, url_password
+from rabbitworker.settings import HostSettings, url_passwords
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 3
@@ -53,7 +53,9 @@ def _settings() -> HostSettings:
         _fail(f"invalid RABBITWORKER_* setting: {exc}", EXIT_CONFIG)
     setup_logging(
         settings.log_level,
-        secrets=secret_forms(url_password(settings.amqp_url)),
+        secrets=tuple(
+            form for password in url_passwords(settings.amqp_url) for form in secret_forms(password)
+        ),
         log_format=settings.log_format,
     )
     return settings
@@ -402,11 +404,7 @@ def publish(
         )
 
     async def send() -> str:
-        publisher = TaskPublisher(
-            settings.amqp_url,
-            timeout=settings.publish_timeout,
-            connect_timeout=settings.connect_timeout,
-        )
+        publisher = TaskPublisher(settings, role="rabbitworker-host publish")
         try:
             return await publisher.publish(
                 {"task": task, "payload": data}, routing_key, exchange_name=exchange

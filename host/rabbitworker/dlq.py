@@ -20,7 +20,7 @@ import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from rabbitworker.dispatch import (
+from rabbitworker.policy import (
     FAILURE_HEADERS,
     HEADER_ATTEMPTS,
     HEADER_DEAD_LETTERED_AT,

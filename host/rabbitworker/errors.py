@@ -119,10 +119,37 @@ class BrokerConnectionError(RabbitworkerError):
 
 
 class PublishError(RabbitworkerError):
-    """``publish_task`` could not hand the message to the broker."""
+    """``publish_task`` could not hand the message to the broker. Catch one of the two
+    subclasses to know whether a retry can publish the message twice."""
 
 
-class UnroutableMessageError(PublishError):
+class PublishNotSentError(PublishError):
+    """The message is not stored anywhere: publishing it again is safe."""
+
+
+class PublishUncertainError(PublishError):
+    """The message was sent but the broker's confirm never came (the connection was lost,
+    or the deadline passed): it may be stored. Publishing it again may deliver it twice;
+    consumers should deduplicate by message id if that matters."""
+
+
+class ExchangeNotFoundError(PublishNotSentError):
+    """The exchange does not exist on the broker (not declared yet, or deleted)."""
+
+    def __init__(self, exchange: str) -> None:
+        self.exchange = exchange
+        super().__init__(
+            f"exchange {exchange!r} does not exist on the broker. Start rabbitworker-host "
+            "once so it declares its exchanges, or check exchange_name."
+        )
+
+
+class PublishRefusedError(PublishNotSentError):
+    """The broker refused the message (a ``basic.nack``: a queue at ``x-max-length`` with
+    ``reject-publish``, or an internal error); it is not stored."""
+
+
+class UnroutableMessageError(PublishNotSentError):
     """The broker accepted the message but no queue is bound to receive it."""
 
     def __init__(self, exchange: str, routing_key: str) -> None:

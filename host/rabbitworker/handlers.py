@@ -14,9 +14,10 @@ import contextvars
 import functools
 import inspect
 import threading
+import time
 import typing
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,15 @@ class HandlerSpec:
 
 _running_in_threads = 0
 _running_lock = threading.Lock()
+_fallback: ThreadPoolExecutor | None = None
+
+
+def _fallback_executor() -> ThreadPoolExecutor:
+    """For plain handlers called without the host's pool (tools, tests)."""
+    global _fallback
+    if _fallback is None:
+        _fallback = ThreadPoolExecutor(thread_name_prefix="rabbitworker-handler")
+    return _fallback
 
 
 def handlers_running_in_threads() -> int:
@@ -131,22 +141,80 @@ def handlers_running_in_threads() -> int:
     return _running_in_threads
 
 
+class RunSlot:
+    """One handler run, as the consumer sees it: when it really started (a plain handler
+    starts when its thread does) and when it really ended (a timed-out thread goes on)."""
+
+    __slots__ = ("_loop", "_on_end", "ended", "started")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_end: Callable[[], None]) -> None:
+        self._loop = loop
+        self._on_end = on_end
+        self.started: float | None = None
+        self.ended = False
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def end(self) -> None:
+        """Call once when the handler has really returned (from any thread)."""
+        if threading.get_ident() == _loop_thread(self._loop):
+            self._finish()
+        else:
+            self._loop.call_soon_threadsafe(self._finish)
+
+    def _finish(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self._on_end()
+
+
+_loop_threads: dict[int, int] = {}
+
+
+def _loop_thread(loop: asyncio.AbstractEventLoop) -> int:
+    return _loop_threads.get(id(loop), -1)
+
+
+def bind_loop_thread(loop: asyncio.AbstractEventLoop) -> None:
+    """Remember which thread runs ``loop`` (so :meth:`RunSlot.end` knows where it is)."""
+    _loop_threads[id(loop)] = threading.get_ident()
+
+
+#: The run of the handler being called (set by the consumer around the call).
+current_run: contextvars.ContextVar[RunSlot | None] = contextvars.ContextVar(
+    "rabbitworker_run", default=None
+)
+
+
 def _in_thread(handler: Handler, executor: Executor | None) -> Invoker:
-    def tracked(*args: Any, **kwargs: Any) -> Any:
+    def tracked(slot: RunSlot | None, *args: Any, **kwargs: Any) -> Any:
         global _running_in_threads
         with _running_lock:
             _running_in_threads += 1
+        if slot is not None:
+            slot.start()
         try:
             return handler(*args, **kwargs)
         finally:
             with _running_lock:
                 _running_in_threads -= 1
+            if slot is not None:
+                slot.end()
 
     async def run_in_thread(*args: Any, **kwargs: Any) -> Any:
         # The context is copied, so current_task() works in plain handlers too.
         context = contextvars.copy_context()
-        call = functools.partial(context.run, tracked, *args, **kwargs)
-        result = await asyncio.get_running_loop().run_in_executor(executor, call)
+        slot = current_run.get()
+        call = functools.partial(context.run, tracked, slot, *args, **kwargs)
+        submitted = (executor or _fallback_executor()).submit(call)
+        try:
+            result = await asyncio.wrap_future(submitted)
+        except asyncio.CancelledError:
+            # Cancelled before a thread took it: it will never run, so it has ended.
+            if submitted.cancel() and slot is not None:
+                slot.end()
+            raise
         if inspect.isawaitable(result):
             result = await result
         return result

@@ -1,24 +1,40 @@
-"""The running host: connect, declare, consume every queue, and stop cleanly on a signal."""
+"""The running host: connect, declare, consume every queue, and stop cleanly on a signal.
+
+Two connections: one consumes and acks (every queue on its own channel), the other stores
+retry and dead-letter copies. A broker alarm blocks connections that publish; keeping the
+copies apart keeps the acks of healthy messages flowing while copies wait.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import signal
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import aio_pika
-from aio_pika.abc import AbstractRobustConnection
+from aiormq.abc import AbstractConnection
 from loguru import logger
 
-from rabbitworker.dispatch import QueueConsumer
-from rabbitworker.errors import BrokerConnectionError
+from rabbitworker.broker import CONNECT_ERRORS, Connector, Supervisor, closed_reason
+from rabbitworker.consumer import QueueConsumer
+from rabbitworker.handlers import bind_loop_thread
+from rabbitworker.ledger import Ledger, NoteKind
 from rabbitworker.plugins import HostPlugins, QueueRegistration
-from rabbitworker.publish import close_publishers
+from rabbitworker.publish import ConfirmingPublisher, close_publishers
 from rabbitworker.settings import HostSettings
-from rabbitworker.topology import declare_topology, plan_topology
+from rabbitworker.settler import Settler
+from rabbitworker.topology import (
+    copies_topology,
+    declare_topology,
+    plan_topology,
+    work_queue_topology,
+)
+
+#: Seconds the whole consumer cancellation may take at shutdown (all queues together).
+CANCEL_BOUND = 5.0
+#: Seconds abandoned handlers get to acknowledge their cancellation before the exit.
+ABANDON_GRACE = 1.0
 
 
 class WorkerHost:
@@ -35,19 +51,36 @@ class WorkerHost:
         self.registrations = registrations
         self.topology = plan_topology(registrations)
         self.consumers: list[QueueConsumer] = []
-        self._connection: AbstractRobustConnection | None = None
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._signals = 0
-        self._backoff: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
-        self._was_connected = False
+        self._supervisor = Supervisor(
+            self._connector("rabbitworker-host"),
+            on_up=self._on_up,
+            on_down=self._on_down,
+            reconnect_interval=settings.reconnect_interval,
+            reconnect_interval_max=settings.reconnect_interval_max,
+        )
+        self._copies = ConfirmingPublisher(
+            self._connector("rabbitworker-host copies"), timeout=settings.publish_timeout
+        )
+        self.ledger = Ledger(self._copies, timeout=settings.publish_timeout)
+        self._first_up = True
+
+    def _connector(self, role: str) -> Connector:
+        return Connector(
+            self.settings.amqp_urls,
+            role=role,
+            connect_timeout=self.settings.connect_timeout,
+            heartbeat=self.settings.heartbeat,
+        )
 
     @property
     def connected(self) -> bool:
-        """Whether the broker connection is up right now."""
-        return self._connection is not None and self._connection.connected.is_set()
+        """Whether the consuming connection is up right now."""
+        return self._supervisor.connected.is_set()
 
     @property
     def ready(self) -> bool:
@@ -82,16 +115,16 @@ class WorkerHost:
         :param handle_signals: install the SIGTERM/SIGINT handlers (off when embedded).
         """
         loop = asyncio.get_running_loop()
+        bind_loop_thread(loop)
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
-        # Plain `def` handlers get their own pool: asyncio.to_thread in async handlers
-        # keeps the loop's default one and never queues behind busy handlers.
         executor = self._executor = self._thread_pool()
+        self.consumers = [self._consumer(registration) for registration in self.registrations]
         await self.plugins.startup(self.settings)
         try:
-            await self._connect()
-            await self._consume()
+            await self._supervisor.start()
+            logger.info("consuming from {} queue(s)", len(self.consumers))
             self.started.set()
             await self._stop.wait()
             await self._drain()
@@ -102,6 +135,8 @@ class WorkerHost:
                 executor.shutdown(wait=False, cancel_futures=True)
 
     def _thread_pool(self) -> ThreadPoolExecutor | None:
+        # Each queue holds at most prefetch_count slots, a timed-out thread included, so
+        # this many threads means no handler ever waits for one.
         sync_slots = sum(
             r.config.prefetch_count for r in self.registrations if r.config.has_sync_handlers
         )
@@ -110,166 +145,161 @@ class WorkerHost:
             return None
         return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rabbitworker-handler")
 
-    async def _connect(self) -> None:
-        url = self.settings.masked_amqp_url
+    def _consumer(self, registration: QueueRegistration) -> QueueConsumer:
+        config = registration.config
+        settler = Settler(
+            config,
+            self.plugins.message_hooks(),
+            self._copies,
+            copies_topology(self.topology, config),
+            copy_timeout=self.settings.publish_timeout,
+            ledger=self.ledger,
+        )
+        return QueueConsumer(
+            config,
+            self.plugins,
+            settler,
+            work_queue_topology(self.topology, config),
+            max_message_bytes=self.settings.max_message_bytes,
+            executor=self._executor,
+            ledger=self.ledger,
+        )
+
+    async def _on_up(self, connection: AbstractConnection) -> None:
+        """A new consuming connection: declare everything, then consume every queue."""
+        node = self._supervisor.connector.current
+        first, self._first_up = self._first_up, False
         try:
-            self._connection = await aio_pika.connect_robust(
-                self.settings.amqp_url,
-                timeout=self.settings.connect_timeout,
-                reconnect_interval=self.settings.reconnect_interval,
-                client_properties={
-                    "connection_name": f"rabbitworker-host {socket.gethostname()}:{os.getpid()}"
-                },
-            )
-        except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
-            raise BrokerConnectionError(
-                f"cannot connect to {url}: {type(exc).__name__}: {exc}. Is RabbitMQ running "
-                "there? Set RABBITWORKER_AMQP_URL to the broker to use."
-            ) from exc
-        logger.info("connected to {}", url)
-        self._was_connected = True
-        self.plugins.connection_changed(connected=True, detail=f"connected to {url}")
-        self._connection.close_callbacks.add(self._on_connection_lost)
-        self._connection.reconnect_callbacks.add(self._on_reconnected)
-        channel = await self._connection.channel()
-        await declare_topology(channel, self.topology)
-        await channel.close()
-        logger.info(
-            "declared {} exchange(s) and {} queue(s)",
-            len(self.topology.exchanges),
-            len(self.topology.queues),
-        )
-
-    def _on_connection_lost(self, _: Any, exc: BaseException | None) -> None:
-        if self._stop.is_set() or exc is None or not self._was_connected:
-            # Failed reconnection attempts close again; the outage was reported once.
+            channel = await connection.channel(publisher_confirms=False)
+            await declare_topology(channel, self.topology)
+            await channel.close()
+            channel = await connection.channel(publisher_confirms=False)
+            await self.ledger.declare(channel, self.settings.ledger_max_age_days)
+            if not channel.is_closed:
+                await channel.close()
+            await asyncio.gather(*(consumer.attach(connection) for consumer in self.consumers))
+        except CONNECT_ERRORS:
+            raise
+        except Exception as exc:
+            if first:
+                raise
+            logger.error("[{}] could not set up again after reconnecting: {}", node, exc)
             return
-        self._was_connected = False
-        self.plugins.connection_changed(connected=False, detail=f"{type(exc).__name__}: {exc}")
-        for consumer in self.consumers:
-            consumer.connection_lost()
-        logger.warning(
-            "lost the broker connection ({}: {}); reconnecting. Messages in flight stay "
-            "unacknowledged and will be delivered again",
-            type(exc).__name__,
-            exc,
-        )
-        if self._backoff is None or self._backoff.done():
-            self._backoff = asyncio.create_task(self._back_off())
-
-    async def _on_reconnected(self, _: Any) -> None:
-        assert self._connection is not None
-        self._was_connected = True
-        self._connection.reconnect_interval = self.settings.reconnect_interval  # type: ignore[attr-defined]
-        self.plugins.connection_changed(
-            connected=True, detail=f"reconnected to {self.settings.masked_amqp_url}"
-        )
-        for consumer in self.consumers:
-            await consumer.restored()
-        logger.info(
-            "reconnected to {}; re-declared and consuming again on {} queue(s)",
-            self.settings.masked_amqp_url,
-            len(self.consumers),
-        )
-
-    async def _back_off(self) -> None:
-        """aio-pika retries at a fixed interval; double it while the broker stays away."""
-        interval = self.settings.reconnect_interval
-        while self._connection is not None and not self.connected and not self._stop.is_set():
-            self._connection.reconnect_interval = interval  # type: ignore[attr-defined]
-            await asyncio.sleep(interval)
-            interval = min(interval * 2, self.settings.reconnect_interval_max)
-
-    async def _consume(self) -> None:
-        assert self._connection is not None
-        for registration in self.registrations:
-            config = registration.config
-            channel = await self._connection.channel(on_return_raises=True)
-            consumer = QueueConsumer(
-                config,
-                channel,
-                self.plugins,
-                max_message_bytes=self.settings.max_message_bytes,
-                executor=self._executor,
-            )
-            await consumer.start()
-            self.consumers.append(consumer)
+        if first:
             logger.info(
-                "[{}] consuming: routing key {!r} on exchange {!r}, prefetch {}, handlers {}, "
-                "DLX {!r} → DLQ {!r} (plugin {})",
-                config.name,
-                config.routing_key,
-                config.exchange_name,
-                config.prefetch_count,
-                ", ".join(config.tasks),
-                config.dlx_exchange_name,
-                config.dlq_name,
-                registration.plugin.describe(),
+                "connected to {}; declared {} exchange(s) and {} queue(s)",
+                node,
+                len(self.topology.exchanges),
+                len(self.topology.queues),
             )
-        logger.info("consuming from {} queue(s)", len(self.consumers))
+            for registration in self.registrations:
+                config = registration.config
+                logger.info(
+                    "[{}] consuming: routing key {!r} on exchange {!r}, prefetch {}, handlers "
+                    "{}, DLX {!r} → DLQ {!r} (plugin {})",
+                    config.name,
+                    config.routing_key,
+                    config.exchange_name,
+                    config.prefetch_count,
+                    ", ".join(config.tasks),
+                    config.dlx_exchange_name,
+                    config.dlq_name,
+                    registration.plugin.describe(),
+                )
+        else:
+            logger.info(
+                "reconnected to {}; declared again and consuming again on {} queue(s)",
+                node,
+                len(self.consumers),
+            )
+        self.plugins.connection_changed(connected=True, detail=f"connected to {node}")
+
+    def _on_down(self, exc: BaseException | None) -> None:
+        if self._stop.is_set():
+            return
+        reason = closed_reason(exc)
+        self.plugins.connection_changed(connected=False, detail=reason)
+        for consumer in self.consumers:
+            consumer.lost(f"the broker connection was lost ({reason})")
+        logger.warning(
+            "lost the broker connection ({}); failing over to the next node. Messages in "
+            "flight stay unacknowledged and will be delivered again",
+            reason,
+        )
 
     async def _drain(self) -> None:
-        cancel_timeout = min(5.0, self.settings.shutdown_timeout or 5.0)
-        for consumer in self.consumers:
-            try:
-                await asyncio.wait_for(consumer.stop_consuming(), timeout=cancel_timeout)
-            except Exception as exc:
+        """Stop consuming everywhere at once, then let in-flight messages finish."""
+        cancels = [consumer.stop_consuming() for consumer in self.consumers]
+        results = await _bounded(cancels, min(CANCEL_BOUND, self.settings.shutdown_timeout or CANCEL_BOUND))
+        for consumer, result in zip(self.consumers, results, strict=True):
+            if isinstance(result, BaseException):
                 logger.warning(
-                    "[{}] could not cancel the consumer cleanly ({}: {}); closing the "
-                    "connection will",
+                    "[{}] could not cancel the consumer cleanly ({}); closing its channel will",
                     consumer.config.name,
-                    type(exc).__name__,
-                    exc,
+                    closed_reason(result),
                 )
         in_flight = sum(consumer.in_flight for consumer in self.consumers)
         if in_flight:
             logger.info("waiting for {} in-flight message(s) to finish", in_flight)
-        idle: asyncio.Future[Any] = asyncio.gather(
-            *(consumer.wait_idle() for consumer in self.consumers)
+        idle = asyncio.ensure_future(
+            asyncio.gather(*(consumer.wait_idle() for consumer in self.consumers))
         )
-        force: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
+        force = asyncio.ensure_future(self._force.wait())
         done, _ = await asyncio.wait(
             {idle, force},
             timeout=self.settings.shutdown_timeout,
             return_when=asyncio.FIRST_COMPLETED,
         )
         force.cancel()
-        if idle not in done:
+        if idle in done:
+            return
+        abandoned = sum(consumer.abandon_in_flight() for consumer in self.consumers)
+        logger.warning(
+            "{} message(s) still running; left unacknowledged, the broker will deliver "
+            "them again",
+            abandoned,
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ABANDON_GRACE):
+                await asyncio.shield(idle)
+        if not idle.done():
             idle.cancel()
-            # Cancelling a gather sets CancelledError as its exception: read it, or asyncio
-            # logs "exception was never retrieved" with a traceback.
             idle.add_done_callback(lambda future: future.cancelled() or future.exception())
-            abandoned = sum(consumer.abandon_in_flight() for consumer in self.consumers)
-            logger.warning(
-                "{} message(s) still running; left unacknowledged, the broker will deliver "
-                "them again",
-                abandoned,
-            )
-            await asyncio.sleep(0)
+            stuck = sum(consumer.report_stuck() for consumer in self.consumers)
+            if stuck:
+                logger.warning(
+                    "{} handler(s) ignored their cancellation; leaving them behind", stuck
+                )
 
     async def _close(self) -> None:
-        for consumer in self.consumers:
-            try:
-                await asyncio.wait_for(consumer.flush_acks(), timeout=2)
-            except Exception as exc:
-                logger.warning("[{}] pending acks not written: {}", consumer.config.name, exc)
-            consumer.close()
-        if self._backoff is not None:
-            self._backoff.cancel()
-        try:
-            await asyncio.wait_for(close_publishers(), timeout=5)
-        except Exception as exc:
-            logger.warning("closing the publisher failed: {}", exc)
-        if self._connection is not None:
-            # aiormq's close waits for the consumer tasks; a handler that ignored its
-            # cancellation never ends, so do not wait the full 5 s for it in vain.
-            stuck = any(consumer.in_flight for consumer in self.consumers)
-            try:
-                await asyncio.wait_for(self._connection.close(), timeout=1 if stuck else 5)
-            except Exception as exc:
-                logger.warning(
-                    "closing the broker connection failed ({}: {}); exiting anyway",
-                    type(exc).__name__,
-                    exc,
-                )
+        """Note what the shutdown gives back as clean (before the channels close, so a
+        host that receives it again knows), write pending acks, close every channel
+        (abandoned messages go back to their queues, in place), then the connections.
+        Every step is bounded."""
+        left = [key for consumer in self.consumers for key in consumer.left_at_shutdown]
+        if left:
+            await _bounded([self.ledger.note(NoteKind.CLEAN, left)], 5.0)
+        await _bounded([consumer.close() for consumer in self.consumers], 5.0)
+        await _bounded([self._copies.close(), close_publishers()], 5.0)
+        await self._supervisor.close()
         logger.info("stopped")
+
+
+async def _bounded(steps: list[Any], timeout: float) -> list[Any]:
+    """Run ``steps`` at once within one total ``timeout``; a step that failed or did not
+    finish shows up as its exception (``TimeoutError``) in the result."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    if not tasks:
+        return []
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    results: list[Any] = []
+    for task in tasks:
+        if task in pending:
+            results.append(TimeoutError(f"did not finish within {timeout:g} s"))
+        elif task.cancelled():
+            results.append(asyncio.CancelledError())
+        else:
+            results.append(task.exception() or task.result())
+    return results

@@ -125,3 +125,6 @@ def setup_logging(
     logging.basicConfig(handlers=[InterceptHandler()], level=logging.WARNING, force=True)
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # aiormq logs every refused connection attempt and every remote close at ERROR; the
+    # host reports those itself, once, with the node and what happens next.
+    logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)

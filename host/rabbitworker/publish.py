@@ -1,7 +1,13 @@
-"""``publish_task``: send a task message to the broker, confirmed and routed, or raise.
+"""Publishing with confirms: ``publish_task``, and the host's own copies (retries, dead
+letters) through the same :class:`ConfirmingPublisher`.
 
-One connection and one confirming channel per event loop, opened on first use and shared
-by every caller, so concurrent calls pipeline their confirms instead of queueing.
+A publish either returns (the broker confirmed it stored the message in a queue) or raises
+one of two kinds of error, so a caller knows whether a retry is safe:
+:class:`~rabbitworker.errors.PublishNotSentError` (not stored; unroutable, refused, no such
+exchange, or never written before the deadline) and
+:class:`~rabbitworker.errors.PublishUncertainError` (written, but the confirm was lost).
+Inside its one deadline a publisher rides out a lost connection by failing over and
+publishing again: at least once, never zero times.
 """
 
 from __future__ import annotations
@@ -11,42 +17,271 @@ import contextlib
 import os
 import uuid
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-import aio_pika
 import aiormq
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aiormq.abc import AbstractChannel, AbstractConnection
 from loguru import logger
+from pamqp.commands import Basic
 
-from rabbitworker.errors import PublishError, UnroutableMessageError
-from rabbitworker.settings import HostSettings, mask_url
+from rabbitworker.broker import Connector
+from rabbitworker.errors import (
+    BrokerConnectionError,
+    ExchangeNotFoundError,
+    PublishNotSentError,
+    PublishRefusedError,
+    PublishUncertainError,
+    UnroutableMessageError,
+)
+from rabbitworker.settings import HostSettings
 
-#: Failures where the broker connection or channel went away: worth another try.
-_CONNECTION_ERRORS = (
+T = TypeVar("T")
+
+PERSISTENT = 2
+
+#: The channel or connection went away under a publish: worth another try.
+_LOST = (
     aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ConnectionClosed,
     aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelClosed,
     ConnectionError,
+    RuntimeError,
 )
 
 
-AMQP_URL_ENV = "RABBITWORKER_AMQP_URL"
+class ConfirmingPublisher:
+    """One confirming channel on a lazily opened connection to one of the broker's nodes.
+
+    Concurrent publishes pipeline their confirms on the one channel. Two publishes with the
+    same message id are never in flight at once: a returned (unroutable) message is matched
+    to its publish by id, so that keeps every caller's answer its own.
+    """
+
+    def __init__(self, connector: Connector, *, timeout: float) -> None:
+        self.connector = connector
+        self.timeout = timeout
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+        self._ids: dict[str, asyncio.Event] = {}
+        self._closed = False
+
+    @property
+    def connection(self) -> AbstractConnection | None:
+        return self._connection
+
+    async def publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        properties: Basic.Properties,
+        timeout: float | None = None,  # noqa: ASYNC109 - one deadline for the whole publish
+    ) -> None:
+        """Publish persistently with ``mandatory`` and wait for the confirm.
+
+        :raises UnroutableMessageError: no queue is bound to receive it.
+        :raises ExchangeNotFoundError: the exchange does not exist.
+        :raises PublishRefusedError: the broker nacked it.
+        :raises PublishNotSentError: not written before the deadline (or another refusal).
+        :raises PublishUncertainError: written, confirm not received before the deadline.
+        """
+        if not properties.message_id:
+            properties.message_id = uuid.uuid4().hex
+        message_id = properties.message_id
+        deadline = self.timeout if timeout is None else timeout
+        where = f"{exchange!r}/{routing_key!r}"
+        maybe_stored = False
+        writing = False
+        last_error: BaseException | None = None
+        try:
+            async with asyncio.timeout(deadline):
+                await self._take_turn(message_id)
+                try:
+                    while True:
+                        try:
+                            channel = await self._ready_channel()
+                        except BrokerConnectionError as exc:
+                            last_error = exc
+                            await asyncio.sleep(0.2)
+                            continue
+                        writing = True
+                        try:
+                            await channel.basic_publish(
+                                body,
+                                exchange=exchange,
+                                routing_key=routing_key,
+                                properties=properties,
+                                mandatory=True,
+                            )
+                            return
+                        except aiormq.exceptions.PublishError as exc:
+                            raise UnroutableMessageError(exchange, routing_key) from exc
+                        except aiormq.exceptions.DeliveryError as exc:
+                            raise PublishRefusedError(
+                                f"the broker refused the message for {where} ({exc.frame}); "
+                                "it is not stored. A queue at its x-max-length with "
+                                "overflow reject-publish, or a broker alarm?"
+                            ) from exc
+                        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                            self._channel = None
+                            raise ExchangeNotFoundError(exchange) from exc
+                        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                            self._channel = None
+                            raise PublishRefusedError(
+                                f"the broker refused the message for {where}: {exc}; it is "
+                                "not stored (a message over the broker's max_message_size?)"
+                            ) from exc
+                        except aiormq.exceptions.ChannelInvalidStateError as exc:
+                            # Closed before anything was written: plainly not sent.
+                            last_error = exc
+                            self._forget(channel)
+                        except _LOST as exc:
+                            last_error = exc
+                            maybe_stored = True
+                            self._forget(channel)
+                        finally:
+                            writing = False
+                        logger.debug("publish to {} interrupted ({!r}); trying again", where, last_error)
+                        await asyncio.sleep(0.05)
+                finally:
+                    self._end_turn(message_id)
+        except TimeoutError as exc:
+            cause = f" (last error: {type(last_error).__name__}: {last_error})" if last_error else ""
+            if maybe_stored or writing:
+                raise PublishUncertainError(
+                    f"message {message_id} to {where} was sent but not confirmed within "
+                    f"{deadline:g} s{cause}: it may be stored. Publishing it again may "
+                    "deliver it twice."
+                ) from exc
+            raise PublishNotSentError(
+                f"message {message_id} to {where} was not sent within {deadline:g} s "
+                f"(RABBITWORKER_PUBLISH_TIMEOUT){cause}: is the broker reachable, or blocked by "
+                "a memory or disk alarm? It is not stored; publishing it again is safe."
+            ) from exc
+
+    async def _take_turn(self, message_id: str) -> None:
+        while (busy := self._ids.get(message_id)) is not None:
+            await busy.wait()
+        self._ids[message_id] = asyncio.Event()
+
+    def _end_turn(self, message_id: str) -> None:
+        done = self._ids.pop(message_id, None)
+        if done is not None:
+            done.set()
+
+    def _forget(self, channel: AbstractChannel) -> None:
+        if self._channel is channel:
+            self._channel = None
+        connection = self._connection
+        if connection is not None and connection.is_closed:
+            self._connection = None
+
+    async def _ready_channel(self) -> AbstractChannel:
+        """The open channel, connecting (failing over) and opening it if needed; waits
+        while the broker blocks the connection (an alarm), so nothing is written then."""
+        channel = self._channel
+        connection = self._connection
+        if channel is None or channel.is_closed or connection is None or connection.is_closed:
+            async with self._lock:
+                if self._closed:
+                    raise PublishNotSentError("the publisher is closed")
+                channel = await self._open()
+        assert self._connection is not None
+        await self._connection.ready()
+        return channel
+
+    async def _open(self) -> AbstractChannel:
+        if self._connection is None or self._connection.is_closed:
+            self._channel = None
+            self._connection = await self.connector.connect_once()
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+        return self._channel
+
+    async def run_on_channel(
+        self, work: Callable[[AbstractChannel], Awaitable[T]], timeout: float
+    ) -> T:
+        """Run ``work`` on a throwaway channel of this publisher's connection (declaring
+        what a copy needs), so a channel error there never closes the publishing channel."""
+        async with asyncio.timeout(timeout):
+            async with self._lock:
+                if self._connection is None or self._connection.is_closed:
+                    self._channel = None
+                    self._connection = await self.connector.connect_once()
+                connection = self._connection
+            channel = await connection.channel(publisher_confirms=False)
+            try:
+                return await work(channel)
+            finally:
+                if not channel.is_closed:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+
+    async def close(self) -> None:
+        """Close the connection; a later publish opens a new one."""
+        async with self._lock:
+            connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await connection.close()
+
+
+def task_properties(
+    *,
+    message_id: str | None = None,
+    headers: dict[str, Any] | None = None,
+    priority: int | None = None,
+) -> Basic.Properties:
+    """The AMQP properties of a task message: persistent JSON with an id and a timestamp."""
+    return Basic.Properties(
+        content_type="application/json",
+        delivery_mode=PERSISTENT,
+        message_id=message_id or uuid.uuid4().hex,
+        timestamp=datetime.now(UTC),
+        headers=headers or None,
+        priority=priority,
+    )
+
+
+def encode(message_body: Any) -> bytes:
+    try:
+        return orjson.dumps(message_body)
+    except TypeError as exc:
+        raise TypeError(f"message_body must be JSON-serialisable: {exc}") from exc
 
 
 class TaskPublisher:
-    """A lazily connected publisher bound to one broker URL on one event loop."""
+    """``publish_task``'s engine: a :class:`ConfirmingPublisher` for one set of settings."""
 
-    def __init__(self, amqp_url: str, *, timeout: float = 30.0, connect_timeout: float = 10.0):
-        self.amqp_url = amqp_url
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
-        self._lock = asyncio.Lock()
+    def __init__(self, settings: HostSettings, *, role: str = "rabbitworker publish_task") -> None:
+        self.settings = settings
+        self._publisher = ConfirmingPublisher(
+            Connector(
+                settings.amqp_urls,
+                role=role,
+                connect_timeout=settings.connect_timeout,
+                heartbeat=settings.heartbeat,
+            ),
+            timeout=settings.publish_timeout,
+        )
+
+    @property
+    def publisher(self) -> ConfirmingPublisher:
+        return self._publisher
+
+    @property
+    def connection(self) -> AbstractConnection | None:
+        """The broker connection, once the first publish opened it."""
+        return self._publisher.connection
 
     async def publish(
         self,
@@ -56,143 +291,32 @@ class TaskPublisher:
         exchange_name: str = "tasks",
         message_id: str | None = None,
         headers: dict[str, Any] | None = None,
+        priority: int | None = None,
     ) -> str:
         """Publish persistently with ``mandatory``; return the message id once confirmed."""
-        try:
-            body = orjson.dumps(message_body)
-        except TypeError as exc:
-            raise TypeError(f"message_body must be JSON-serialisable: {exc}") from exc
-        message_id = message_id or uuid.uuid4().hex
-        message = aio_pika.Message(
-            body,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message_id,
-            timestamp=datetime.now(UTC),
-            headers=headers,
+        properties = task_properties(message_id=message_id, headers=headers, priority=priority)
+        await self._publisher.publish(
+            encode(message_body),
+            exchange=exchange_name,
+            routing_key=routing_key,
+            properties=properties,
         )
-        try:
-            exchange = self._ready_exchange(exchange_name)
-            if exchange is not None:
-                # The common case: connected, channel open. aiormq bounds the confirm wait.
-                try:
-                    await self._send(exchange, message, exchange_name, routing_key, self.timeout)
-                    return message_id
-                except _CONNECTION_ERRORS:
-                    self._forget_channel()
-            async with asyncio.timeout(self.timeout):
-                await self._publish_until_sent(message, exchange_name, routing_key)
-        except TimeoutError as exc:
-            raise PublishError(
-                f"no confirm from the broker within {self.timeout:g} s "
-                f"(RABBITWORKER_PUBLISH_TIMEOUT) for {exchange_name!r}/{routing_key!r}: is it "
-                "reachable? If it was stored after all, a retry will publish it twice."
-            ) from exc
-        return message_id
-
-    async def _publish_until_sent(
-        self, message: aio_pika.Message, exchange_name: str, routing_key: str
-    ) -> None:
-        """Publish; through a lost connection, wait for the reconnection and publish again
-        (at-least-once: a message whose confirm was lost with the connection may be sent
-        twice, never zero times)."""
-        while True:
-            try:
-                exchange = await self._exchange(exchange_name)
-                await self._send(exchange, message, exchange_name, routing_key, None)
-                return
-            except _CONNECTION_ERRORS as exc:
-                self._forget_channel()
-                logger.debug("publish interrupted ({!r}); retrying after reconnection", exc)
-                await asyncio.sleep(0.2)
-
-    async def _send(
-        self,
-        exchange: AbstractExchange,
-        message: aio_pika.Message,
-        exchange_name: str,
-        routing_key: str,
-        confirm_timeout: float | None,
-    ) -> None:
-        try:
-            await exchange.publish(message, routing_key, mandatory=True, timeout=confirm_timeout)
-        except aio_pika.exceptions.PublishError as exc:
-            raise UnroutableMessageError(exchange_name, routing_key) from exc
-        except aiormq.exceptions.ChannelNotFoundEntity as exc:
-            self._forget_channel()
-            raise PublishError(
-                f"exchange {exchange_name!r} does not exist on the broker. Start "
-                "rabbitworker-host once so it declares its exchanges, or check exchange_name."
-            ) from exc
-        except aio_pika.exceptions.DeliveryError as exc:
-            raise PublishError(
-                f"the broker refused the message for {exchange_name!r}/{routing_key!r} "
-                f"({exc.frame}); it is not stored. Check the broker's logs (disk or memory alarm?)."
-            ) from exc
+        return str(properties.message_id)
 
     async def close(self) -> None:
-        """Close the connection; the next publish opens a new one."""
-        connection, self._connection = self._connection, None
-        self._forget_channel()
-        if connection is not None and not connection.is_closed:
-            await connection.close()
-
-    def _forget_channel(self) -> None:
-        self._channel = None
-        self._exchanges.clear()
-
-    def _ready_exchange(self, name: str) -> AbstractExchange | None:
-        """The exchange, if the channel is open and the exchange known; else ``None``."""
-        exchange = self._exchanges.get(name)
-        if exchange is not None and self._channel is not None and not self._channel.is_closed:
-            return exchange
-        return None
-
-    async def _exchange(self, name: str) -> AbstractExchange:
-        exchange = self._ready_exchange(name)
-        if exchange is not None:
-            return exchange
-        async with self._lock:
-            if self._connection is None or self._connection.is_closed:
-                try:
-                    self._connection = await aio_pika.connect_robust(
-                        self.amqp_url,
-                        timeout=self.connect_timeout,
-                        client_properties={"connection_name": "rabbitworker publish_task"},
-                    )
-                except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
-                    raise PublishError(
-                        f"cannot connect to {mask_url(self.amqp_url)}: {type(exc).__name__}: "
-                        f"{exc}. Is RabbitMQ running? Set RABBITWORKER_AMQP_URL."
-                    ) from exc
-            if self._channel is None or self._channel.is_closed:
-                self._forget_channel()
-                # Between two reconnection attempts a robust connection has no transport
-                # and channel() raises RuntimeError: wait for it (the caller's timeout
-                # bounds the wait), and retry if it drops again in between.
-                await self._connection.connected.wait()
-                try:
-                    self._channel = await self._connection.channel(
-                        publisher_confirms=True, on_return_raises=True
-                    )
-                except RuntimeError as exc:
-                    raise ConnectionError(f"the broker connection dropped: {exc}") from exc
-            exchange = self._exchanges.get(name)
-            if exchange is None:
-                exchange = await self._channel.get_exchange(name, ensure=False)
-                self._exchanges[name] = exchange
-            return exchange
+        await self._publisher.close()
 
 
 _publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, TaskPublisher]] = (
     weakref.WeakKeyDictionary()
 )
 
-
 #: Per loop, the started async generator that closes its publishers (see _close_with_loop).
 _loop_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None]] = (
     weakref.WeakKeyDictionary()
 )
+
+AMQP_URL_ENV = "RABBITWORKER_AMQP_URL"
 
 
 async def _closer() -> AsyncGenerator[None]:
@@ -208,10 +332,9 @@ async def _closer() -> AsyncGenerator[None]:
 async def _close_with_loop() -> None:
     """Close this loop's publishers when ``asyncio.run()`` ends, while the loop still runs.
 
-    A script that never calls :func:`close_publishers` would otherwise leave the connection
-    to be torn down after the loop closed, printing tracebacks on exit. asyncio has no
-    loop-shutdown callback, but ``asyncio.run()`` finalises every started async generator
-    (``loop.shutdown_asyncgens()``) before it closes the loop: this generator is that hook.
+    asyncio has no loop-shutdown callback, but ``asyncio.run()`` finalises every started
+    async generator (``loop.shutdown_asyncgens()``) before it closes the loop: this
+    generator is that hook, so scripts that never call :func:`close_publishers` exit cleanly.
     """
     loop = asyncio.get_running_loop()
     if loop not in _loop_closers:
@@ -221,19 +344,13 @@ async def _close_with_loop() -> None:
 
 
 def get_publisher(settings: HostSettings | None = None) -> TaskPublisher:
-    """The shared publisher of the running loop for ``settings.amqp_url`` (default: the
-    host's settings, read once per value of ``RABBITWORKER_AMQP_URL``, not on every call)."""
+    """The shared publisher of the running loop for ``settings`` (default: the host's
+    settings, read once per value of ``RABBITWORKER_AMQP_URL``, not on every call)."""
     by_url = _publishers.setdefault(asyncio.get_running_loop(), {})
     key = settings.amqp_url if settings else "env:" + os.environ.get(AMQP_URL_ENV, "")
     publisher = by_url.get(key)
     if publisher is None:
-        settings = settings or HostSettings()
-        publisher = TaskPublisher(
-            settings.amqp_url,
-            timeout=settings.publish_timeout,
-            connect_timeout=settings.connect_timeout,
-        )
-        by_url[key] = publisher
+        publisher = by_url[key] = TaskPublisher(settings or HostSettings())
     return publisher
 
 
@@ -247,13 +364,15 @@ async def publish_task(
 ) -> str:
     """Publish ``message_body`` as persistent JSON and wait for the broker's confirm.
 
-    Connects on first use with ``RABBITWORKER_AMQP_URL``; later calls on the same event
-    loop reuse that connection.
+    Connects on first use with ``RABBITWORKER_AMQP_URL`` (one node, or several separated
+    by ``;``); later calls on the same event loop reuse that connection. Everything,
+    reconnecting included, happens within ``RABBITWORKER_PUBLISH_TIMEOUT``.
 
     :returns: the message id (generated unless given).
     :raises UnroutableMessageError: no queue is bound to ``exchange_name`` with ``routing_key``.
-    :raises PublishError: the broker is unreachable, the exchange does not exist, or the
-        broker refused the message.
+    :raises PublishNotSentError: not stored (no such exchange, refused, broker unreachable
+        or blocked throughout): safe to publish again.
+    :raises PublishUncertainError: sent, but the confirm was lost: it may be stored.
     """
     await _close_with_loop()
     return await get_publisher().publish(

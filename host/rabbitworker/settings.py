@@ -72,8 +72,16 @@ class HostSettings(BaseSettings):
 
     amqp_url: str = Field(
         DEFAULT_AMQP_URL,
-        description="The broker to connect to, vhost included (amqp:// or amqps://). "
-        "The password is masked in every log line.",
+        description="The broker to connect to, vhost included (amqp:// or amqps://); several "
+        "nodes of one cluster separated by ';'. The host and publish_task connect to one and "
+        "fail over to the others. Passwords never appear in logs or errors.",
+    )
+    heartbeat: int = Field(
+        20,
+        ge=0,
+        description="AMQP heartbeat in seconds: a node that stops answering is given up "
+        "after about three of these and the next node is tried (0 turns heartbeats off). A "
+        "URL's own ?heartbeat= wins.",
     )
     shutdown_timeout: float = Field(
         30.0,
@@ -146,6 +154,13 @@ class HostSettings(BaseSettings):
         description="Bodies larger than this are dead-lettered (reason too-large) without "
         "being decoded.",
     )
+    ledger_max_age_days: int = Field(
+        7,
+        ge=1,
+        description="Days the redelivery ledger (the rabbitworker.ledger stream) keeps its "
+        "notes of clean shutdowns and crashes; a message given back after longer counts "
+        "from zero again.",
+    )
     sync_handler_threads: int | None = Field(
         None,
         ge=1,
@@ -161,10 +176,20 @@ class HostSettings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: str) -> str:
-        if URL(value).scheme not in ("amqp", "amqps"):
-            raise ValueError(
-                "must start with amqp:// or amqps://, e.g. amqp://guest:guest@localhost:5672/"
-            )
+        urls = [part.strip() for part in value.split(";") if part.strip()]
+        if not urls:
+            raise ValueError("is empty; e.g. amqp://guest:guest@localhost:5672/")
+        for number, url in enumerate(urls, start=1):
+            try:
+                scheme = URL(url).scheme
+            except ValueError:
+                scheme = ""
+            if scheme not in ("amqp", "amqps"):
+                # Never echo the value: it holds passwords.
+                raise ValueError(
+                    f"URL {number} of {len(urls)} must start with amqp:// or amqps://, e.g. "
+                    "amqp://guest:guest@localhost:5672/ (several nodes: separate them with ';')"
+                )
         return value
 
     @field_validator("log_level", "message_log_level")
@@ -173,19 +198,41 @@ class HostSettings(BaseSettings):
         return value.upper()
 
     @property
+    def amqp_urls(self) -> list[str]:
+        """The broker nodes, one URL each."""
+        return [part.strip() for part in self.amqp_url.split(";") if part.strip()]
+
+    @property
     def masked_amqp_url(self) -> str:
-        """The AMQP URL with its password replaced by ``****``, safe to log."""
-        return mask_url(self.amqp_url)
+        """The AMQP URL(s) with passwords replaced by ``****``, safe to log."""
+        return ";".join(mask_url(url) for url in self.amqp_urls)
 
 
 def mask_url(url: str) -> str:
     """Hide the password of a URL: ``amqp://guest:****@host/``."""
-    parsed = URL(url)
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return "<an unparsable URL>"
     if parsed.password is None:
         return url
     return str(parsed.with_password("****"))
 
 
+def url_passwords(url: str) -> list[str]:
+    """The passwords of a URL or ';'-separated URLs (decoded)."""
+    passwords = []
+    for part in url.split(";"):
+        try:
+            password = URL(part.strip()).password
+        except ValueError:
+            continue
+        if password:
+            passwords.append(password)
+    return passwords
+
+
 def url_password(url: str) -> str | None:
-    """The password of a URL, if it has one (decoded)."""
-    return URL(url).password
+    """The password of the first URL that has one."""
+    passwords = url_passwords(url)
+    return passwords[0] if passwords else None

@@ -31,15 +31,15 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
+from types import SimpleNamespace
 from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import orjson
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
-from rabbitworker.dispatch import QueueConsumer
-from rabbitworker.errors import PluginInfo
+from rabbitworker.errors import PluginInfo, PublishRefusedError, UnroutableMessageError
 from rabbitworker.events import Delivery, Outcome, Settlement
 from rabbitworker.hookspecs import hookimpl
 from rabbitworker.plugins import HostPlugins, QueueRegistration
@@ -128,113 +128,143 @@ _HANDLER_RAN = {"handler-error", "timeout", "permanent-error", "invalid-payload"
 class _Published:
     exchange: str
     routing_key: str
-    message: Any
+    body: bytes
+    headers: dict[str, Any]
 
 
-class _InMemoryExchange:
-    """Stands where the host publishes dead letters and retries; keeps what it is given."""
+class BrokerFault(StrEnum):
+    """A broker fault :meth:`WorkerUnderTest.push` can inject, to see the production outcome.
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.published: list[_Published] = []
+    - ``confirm-refused``: the broker nacks every retry or dead-letter copy (an alarm, a
+      full queue): the original stays unacknowledged, ``unsettled``.
+    - ``copy-unroutable``: the copy reaches no queue (a DLQ deleted): likewise ``unsettled``.
+    - ``channel-closed``: the consumer's channel closes while the handler runs: the handler
+      is cancelled, the message ``unsettled`` (the broker delivers it again).
+    - ``connection-lost``: the same for the whole connection.
+    """
 
-    async def publish(self, message: Any, routing_key: str, **_: Any) -> None:
-        self.published.append(_Published(self.name, routing_key, message))
+    CONFIRM_REFUSED = "confirm-refused"
+    COPY_UNROUTABLE = "copy-unroutable"
+    CHANNEL_CLOSED = "channel-closed"
+    CONNECTION_LOST = "connection-lost"
 
 
-class _InMemoryChannel:
-    """Delivery tags and acks the way a broker channel counts them, plus its default
-    exchange (retries and requeues are published there)."""
+class _InMemoryCopies:
+    """Stands where the host stores its retry and dead-letter copies; keeps them, or fails
+    the way a broker would when a fault is injected."""
 
     def __init__(self) -> None:
-        self.default_exchange = _InMemoryExchange("")
-        self.is_closed = False
-        self.unacked: dict[int, _InMemoryMessage] = {}
-        self._last_tag = 0
+        self.published: list[_Published] = []
+        self.fault: BrokerFault | None = None
 
-    def deliver(self, message: _InMemoryMessage) -> None:
-        self._last_tag += 1
-        message.channel = self
-        message.delivery_tag = self._last_tag
-        self.unacked[self._last_tag] = message
-
-    async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
-        tags = [t for t in self.unacked if t <= delivery_tag] if multiple else [delivery_tag]
-        if not tags or (delivery_tag not in self.unacked and not multiple):
-            raise RuntimeError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
-        for tag in tags:
-            self.unacked.pop(tag)._settle("ack")
-
-
-class _InMemoryMessage:
-    """The parts of an incoming AMQP message the dispatch path reads."""
-
-    def __init__(
+    async def publish(
         self,
         body: bytes,
         *,
-        routing_key: str,
         exchange: str,
-        headers: dict[str, Any] | None = None,
-        message_id: str | None = None,
-        content_type: str | None = "application/json",
-        redelivered: bool = False,
+        routing_key: str,
+        properties: Any,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> None:
-        self.body = body
-        self.routing_key = routing_key
-        self.exchange = exchange
-        self.headers = dict(headers or {})
-        self.message_id = message_id
-        self.content_type = content_type
-        self.redelivered = redelivered
-        self.content_encoding = None
-        self.priority = None
-        self.correlation_id = None
-        self.reply_to = None
-        self.timestamp = datetime.now(UTC)
-        self.type = None
-        self.app_id = None
-        self.settled: str | None = None
-        self.channel: _InMemoryChannel | None = None
-        self.delivery_tag = 0
+        if self.fault is BrokerFault.CONFIRM_REFUSED:
+            raise PublishRefusedError(f"injected: the broker refused the copy to {exchange!r}")
+        if self.fault is BrokerFault.COPY_UNROUTABLE:
+            raise UnroutableMessageError(exchange, routing_key)
+        self.published.append(
+            _Published(exchange, routing_key, body, dict(properties.headers or {}))
+        )
 
-    async def reject(self, requeue: bool = False) -> None:
-        if self.channel is not None:
-            self.channel.unacked.pop(self.delivery_tag, None)
-        self._settle("reject")
+    async def run_on_channel(self, work: Any, timeout: float) -> None:
+        return None
 
-    def _settle(self, how: str) -> None:
-        if self.settled is not None:
-            raise RuntimeError(f"message {self.message_id} settled twice ({self.settled}, {how})")
-        self.settled = how
+
+class _InMemoryChannel:
+    """Acks the way a broker channel counts them: an unknown or twice-settled tag fails."""
+
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.unacked: set[int] = set()
+        self.acked: set[int] = set()
+        self.rejected: set[int] = set()
+        self._last_tag = 0
+
+    def next_tag(self) -> int:
+        self._last_tag += 1
+        self.unacked.add(self._last_tag)
+        return self._last_tag
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        tags = {t for t in self.unacked if t <= delivery_tag} if multiple else {delivery_tag}
+        if delivery_tag not in self.unacked or not tags <= self.unacked:
+            raise AssertionError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
+        self.unacked -= tags
+        self.acked |= tags
+
+    async def basic_reject(self, delivery_tag: int, requeue: bool = True, wait: bool = True) -> None:
+        if delivery_tag not in self.unacked:
+            raise AssertionError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
+        self.unacked.discard(delivery_tag)
+        self.rejected.add(delivery_tag)
+
+
+@dataclass
+class _Frame:
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+
+
+@dataclass
+class _InMemoryMessage:
+    """The parts of an aiormq delivery the consumer reads."""
+
+    delivery: _Frame
+    header: Any
+    body: bytes
 
 
 class WorkerUnderTest:
-    """Plugins running through the host's dispatch path, fed by :meth:`push`."""
+    """Plugins running through the host's real consumer, policy and settler, fed by
+    :meth:`push`, with an in-memory channel and copy store in place of the broker.
+
+    What it does not simulate: the broker's own dead-lettering, TTLs and delay queues (a
+    retry is delivered again at once), redelivery after a crash, prefetch across pushes
+    (each push is handled to the end before it returns), and real timing of confirms.
+    """
 
     def __init__(self, plugins: HostPlugins, settings: HostSettings) -> None:
+        from rabbitworker.consumer import QueueConsumer
+        from rabbitworker.settler import Settler
+        from rabbitworker.topology import Topology
+
         self.plugins = plugins
         self.settings = settings
         self._recorder = _OutcomeRecorder()
         plugins.register(self._recorder, _recorder_info())
         self.registrations: list[QueueRegistration] = plugins.collect_queues()
+        self._copies = _InMemoryCopies()
         self._channels: dict[str, _InMemoryChannel] = {}
-        self._dead_letter_exchanges: dict[str, _InMemoryExchange] = {}
-        self._consumers: dict[str, QueueConsumer] = {}
+        self._consumers: dict[str, Any] = {}
         for registration in self.registrations:
             config = registration.config
-            channel = _InMemoryChannel()
-            dlx = self._dead_letter_exchanges.setdefault(
-                config.dlx_exchange_name, _InMemoryExchange(config.dlx_exchange_name)
-            )
-            self._channels[config.name] = channel
-            self._consumers[config.name] = QueueConsumer(
+            channel = self._channels[config.name] = _InMemoryChannel()
+            settler = Settler(
                 config,
-                cast(AbstractChannel, channel),
-                plugins,
-                max_message_bytes=settings.max_message_bytes,
-                dead_letter_exchange=cast(AbstractExchange, dlx),
+                plugins.message_hooks(),
+                cast(Any, self._copies),
+                Topology(),
+                copy_timeout=settings.publish_timeout,
             )
+            consumer = QueueConsumer(
+                config,
+                plugins,
+                settler,
+                Topology(),
+                max_message_bytes=settings.max_message_bytes,
+            )
+            self._consumers[config.name] = consumer
+        self._attached: set[str] = set()
 
     @property
     def queues(self) -> list[str]:
@@ -243,10 +273,7 @@ class WorkerUnderTest:
 
     def dead_letters(self, dlx: str = "tasks.dlx") -> list[tuple[bytes, dict[str, Any]]]:
         """Body and headers of every message dead-lettered through ``dlx`` so far."""
-        exchange = self._dead_letter_exchanges.get(dlx)
-        if exchange is None:
-            return []
-        return [(p.message.body, dict(p.message.headers or {})) for p in exchange.published]
+        return [(p.body, p.headers) for p in self._copies.published if p.exchange == dlx]
 
     async def push(
         self,
@@ -260,61 +287,78 @@ class WorkerUnderTest:
         message_id: str | None = None,
         redelivered: bool = False,
         follow_retries: bool = True,
+        fault: BrokerFault | str | None = None,
     ) -> MessageResult:
         """Deliver one message to a queue (by name, or by routing key) and settle it.
 
         Retries are followed at once (their delay is the broker's business), so the result
-        is the final one, unless ``follow_retries=False``.
+        is the final one, unless ``follow_retries=False``. ``fault`` injects a
+        :class:`BrokerFault` for this message.
         """
+        from pamqp.commands import Basic
+
         name = self._route(queue, routing_key, exchange)
         consumer, channel = self._consumers[name], self._channels[name]
+        if name not in self._attached:
+            consumer.settler.attach(cast(Any, channel))
+            self._attached.add(name)
+        injected = BrokerFault(fault) if fault is not None else None
+        self._copies.fault = injected
         message_id = message_id or uuid.uuid4().hex
-        message = _InMemoryMessage(
-            body if isinstance(body, bytes) else orjson.dumps(body),
-            routing_key=routing_key if routing_key is not None else name,
-            exchange=exchange,
-            headers=headers,
-            message_id=message_id,
-            content_type=content_type,
-            redelivered=redelivered,
-        )
-        while True:
-            already = len(channel.default_exchange.published)
-            channel.deliver(message)
-            await consumer.handle(cast(AbstractIncomingMessage, message))
-            await consumer.flush_acks()
-            if message.settled is None:
-                raise AssertionError(f"message {message_id} was neither acked nor rejected")
-            history = self._recorder.outcomes.get(message_id, [])
-            requeued = channel.default_exchange.published[already:]
-            last = history[-1][1] if history else None
-            if (
-                requeued
-                and follow_retries
-                and (last is None or last.settlement is Settlement.RETRIED)
-            ):
-                copy = requeued[-1].message
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        current_headers = dict(headers or {})
+        try:
+            while True:
+                already = len(self._copies.published)
+                tag = channel.next_tag()
                 message = _InMemoryMessage(
-                    copy.body,
-                    routing_key=message.routing_key,
-                    exchange=message.exchange,
-                    headers=dict(copy.headers or {}),
-                    message_id=message_id,
-                    content_type=copy.content_type,
+                    _Frame(tag, redelivered, exchange, routing_key if routing_key is not None else name),
+                    SimpleNamespace(
+                        properties=Basic.Properties(
+                            headers=current_headers,
+                            message_id=message_id,
+                            content_type=content_type,
+                            delivery_mode=2,
+                            timestamp=datetime.now(UTC),
+                        )
+                    ),
+                    data,
                 )
-                continue
-            if not history:
-                raise AssertionError(f"message {message_id} was settled without an outcome")
-            result = _result(message_id, history)
-            if result.dead_lettered:
-                for body_, dead_headers in reversed(self.dead_letters(self._dlx_of(name))):
-                    if dead_headers.get("x-rabbitworker-queue") == name and body_ == message.body:
-                        result.headers = dead_headers
-                        break
-            return result
+                consumer._on_message(message)
+                task = next(reversed(consumer._runs))
+                if injected in (BrokerFault.CHANNEL_CLOSED, BrokerFault.CONNECTION_LOST):
+                    await asyncio.sleep(0)
+                    consumer.lost(f"injected: {injected.value}")
+                    self._attached.discard(name)
+                    channel = self._channels[name] = _InMemoryChannel()
+                await asyncio.gather(task, return_exceptions=True)
+                await consumer.settler.flush()
+                history = self._recorder.outcomes.get(message_id, [])
+                last = history[-1][1] if history else None
+                copies = self._copies.published[already:]
+                if (
+                    follow_retries
+                    and last is not None
+                    and last.settlement is Settlement.RETRIED
+                    and copies
+                ):
+                    current_headers = dict(copies[-1].headers)
+                    redelivered = False
+                    continue
+                if not history:
+                    raise AssertionError(f"message {message_id} was settled without an outcome")
+                result = _result(message_id, history)
+                if result.dead_lettered:
+                    for body_, dead_headers in reversed(self.dead_letters(self._dlx_of(name))):
+                        if dead_headers.get("x-rabbitworker-queue") == name and body_ == data:
+                            result.headers = dead_headers
+                            break
+                return result
+        finally:
+            self._copies.fault = None
 
     def _dlx_of(self, queue: str) -> str:
-        return self._consumers[queue].config.dlx_exchange_name
+        return str(self._consumers[queue].config.dlx_exchange_name)
 
     def _route(self, queue: str | None, routing_key: str | None, exchange: str) -> str:
         if queue is not None:
@@ -356,7 +400,7 @@ class BrokerHost:
         self._recorder = _OutcomeRecorder()
         plugins.register(self._recorder, _recorder_info())
         self.host = WorkerHost(self.settings, plugins, plugins.collect_queues())
-        self._publisher = TaskPublisher(amqp_url)
+        self._publisher = TaskPublisher(self.settings, role="rabbitworker tests")
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

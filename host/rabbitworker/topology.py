@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiormq
-from aio_pika import ExchangeType
-from aio_pika.abc import AbstractChannel
+from aiormq.abc import AbstractChannel
 from loguru import logger
 
 from rabbitworker.config import QueueConfig
 from rabbitworker.errors import BrokerTopologyMismatchError, TopologyConflictError
 from rabbitworker.plugins import QueueRegistration
+from rabbitworker.policy import retry_queue_name
 
 #: Dead-letter exchanges are fanouts: every message dead-lettered through one reaches every
 #: DLQ bound to it, whatever its original routing key.
@@ -57,11 +57,6 @@ def queue_arguments(config: QueueConfig) -> dict[str, Any]:
         arguments["x-queue-type"] = "quorum"
         arguments["x-delivery-limit"] = config.delivery_limit
     return arguments
-
-
-def retry_queue_name(config: QueueConfig, delay: float) -> str:
-    """The delay queue a message of ``config`` waits in before its retry: ``q.retry.5000ms``."""
-    return f"{config.name}.retry.{round(delay * 1000)}ms"
 
 
 def retry_queues(config: QueueConfig) -> list[QueueSpec]:
@@ -169,23 +164,24 @@ def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
 
 
 async def declare_topology(channel: AbstractChannel, topology: Topology) -> None:
-    """Declare every exchange, queue and binding (all durable) on ``channel``.
+    """Declare every exchange, queue and binding of ``topology`` (all durable) on ``channel``.
 
-    :raises TopologyConflictError: something already exists on the broker with other settings.
+    Declaring is idempotent, so it runs again after every reconnect and whenever a copy
+    finds its dead-letter exchange or queue gone.
+
+    :raises BrokerTopologyMismatchError: something exists on the broker with other settings.
     """
-    exchanges = {}
     for spec in topology.exchanges.values():
         try:
-            exchanges[spec.name] = await channel.declare_exchange(
-                spec.name, ExchangeType(spec.type), durable=True
+            await channel.exchange_declare(
+                exchange=spec.name, exchange_type=spec.type, durable=True
             )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            wanted = f"a durable {spec.type} exchange"
-            raise _conflict(f"exchange {spec.name!r}", wanted, exc) from exc
+            raise _conflict(f"exchange {spec.name!r}", f"a durable {spec.type} exchange", exc) from exc
     for queue_spec in topology.queues.values():
         try:
-            queue = await channel.declare_queue(
-                queue_spec.name, durable=True, arguments=queue_spec.arguments or None
+            await channel.queue_declare(
+                queue=queue_spec.name, durable=True, arguments=queue_spec.arguments or None
             )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise _conflict(
@@ -194,7 +190,28 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
                 exc,
             ) from exc
         for exchange_name, routing_key in queue_spec.bindings:
-            await queue.bind(exchanges[exchange_name], routing_key)
+            await channel.queue_bind(
+                queue=queue_spec.name, exchange=exchange_name, routing_key=routing_key
+            )
+
+
+def copies_topology(topology: Topology, config: QueueConfig) -> Topology:
+    """The part of ``topology`` that the copies of ``config``'s messages need: its DLX,
+    its DLQ and that binding, and its retry queues."""
+    part = Topology()
+    part.exchanges[config.dlx_exchange_name] = topology.exchanges[config.dlx_exchange_name]
+    for name in (config.dlq_name, *(retry_queue_name(config, d) for d in config.retry_schedule)):
+        part.queues[name] = topology.queues[name]
+    return part
+
+
+def work_queue_topology(topology: Topology, config: QueueConfig) -> Topology:
+    """The work queue of ``config`` with its exchange and binding (declared again on the
+    consumer's channel before consuming, so a deleted queue comes back)."""
+    part = Topology()
+    part.exchanges[config.exchange_name] = topology.exchanges[config.exchange_name]
+    part.queues[config.name] = topology.queues[config.name]
+    return part
 
 
 def _conflict(what: str, wanted: str, exc: Exception) -> BrokerTopologyMismatchError:

@@ -93,7 +93,7 @@ async def test_a_broker_restart_mid_stream_loses_nothing_and_the_same_host_keeps
         tally = await take_tally(rig, amqp, published)
     tally.check(published=2000, handled=2000, dead_lettered=0, left=0)
     assert tally.published == set(ids)
-    assert failures["PublishError"] >= 1, "the publisher had to retry"
+    assert sum(failures.values()) >= 1, "the publisher had to retry"
 
 
 async def test_sigterm_during_a_broker_outage_exits_in_bounded_time_leaving_messages_queued(

@@ -96,7 +96,8 @@ async def declare_like_the_host(amqp_url: str, queues: Sequence[dict[str, Any]])
     connection = await aio_pika.connect(amqp_url)
     try:
         channel = await connection.channel()
-        await declare_topology(channel, plan_topology(registrations))
+        # The host declares on aiormq's channel, under aio-pika's.
+        await declare_topology(channel.channel, plan_topology(registrations))
     finally:
         await connection.close()
 

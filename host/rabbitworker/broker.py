@@ -1,0 +1,215 @@
+"""Connections to the broker: one node of a list, failing over to the next at once.
+
+``RABBITWORKER_AMQP_URL`` holds one URL or several separated by ``;`` (the nodes of one
+cluster). Each process shuffles them, so replicas spread over the nodes, then connects to
+the first that answers. When a connection is lost, the next node is tried straight away;
+only while every node refuses does the wait grow (``reconnect_interval`` doubling up to
+``reconnect_interval_max``), and it starts short again as soon as any node answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiormq
+from loguru import logger
+from yarl import URL
+
+from rabbitworker.errors import BrokerConnectionError
+from rabbitworker.settings import mask_url
+
+#: What a failed connection attempt can raise (refused, timed out, TLS, auth, protocol).
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    RuntimeError,
+)
+
+
+def split_urls(value: str) -> list[str]:
+    """``"amqp://a/;amqp://b/"`` → ``["amqp://a/", "amqp://b/"]`` (blanks dropped)."""
+    return [part.strip() for part in value.split(";") if part.strip()]
+
+
+def with_heartbeat(url: str, heartbeat: int) -> str:
+    """The URL with ``?heartbeat=`` set, unless the URL sets its own."""
+    parsed = URL(url)
+    if "heartbeat" in parsed.query:
+        return url
+    return str(parsed.update_query(heartbeat=str(heartbeat)))
+
+
+def connection_name(role: str) -> str:
+    """How the broker's management UI names our connections: ``rabbitworker-host h:pid``."""
+    return f"{role} {socket.gethostname()}:{os.getpid()}"
+
+
+class Connector:
+    """Opens connections to the first node of ``urls`` that answers, in a shuffled order
+    kept for the life of the process (so a reconnect starts with the next node)."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        role: str,
+        connect_timeout: float,
+        heartbeat: int,
+        shuffle: bool = True,
+    ) -> None:
+        if not urls:
+            raise ValueError("no broker URL given")
+        nodes = [with_heartbeat(url, heartbeat) for url in urls]
+        if shuffle:
+            random.shuffle(nodes)
+        self._nodes = nodes
+        self._next = 0
+        self.role = role
+        self.connect_timeout = connect_timeout
+        #: The node of the current connection, password masked (for logs).
+        self.current = mask_url(nodes[0])
+
+    @property
+    def nodes(self) -> list[str]:
+        """The nodes, passwords masked, in the order they are tried."""
+        return [mask_url(node) for node in self._nodes]
+
+    async def connect_once(self) -> aiormq.abc.AbstractConnection:
+        """Try each node once, starting after the last one used.
+
+        :raises BrokerConnectionError: no node answered; names each node and its error.
+        """
+        failures: list[str] = []
+        for _ in range(len(self._nodes)):
+            url = self._nodes[self._next]
+            self._next = (self._next + 1) % len(self._nodes)
+            connection = aiormq.Connection(
+                url, client_properties={"connection_name": connection_name(self.role)}
+            )
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    await connection.connect()
+            except CONNECT_ERRORS as exc:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                failures.append(f"{mask_url(url)}: {type(exc).__name__}: {exc}")
+                continue
+            self.current = mask_url(url)
+            # Point the next attempt at this node first: it answered last.
+            self._next = (self._next - 1) % len(self._nodes)
+            return connection
+        raise BrokerConnectionError(
+            f"cannot connect to the broker ({'; '.join(failures)}). Is RabbitMQ running "
+            "there? Set RABBITWORKER_AMQP_URL to the broker (or ';'-separated cluster nodes)."
+        )
+
+    def failed_over(self) -> None:
+        """The current node was lost: the next attempt starts with another node."""
+        self._next = (self._next + 1) % len(self._nodes)
+
+
+class Supervisor:
+    """Keeps one connection up for as long as it runs, calling ``on_up`` with every new
+    connection and ``on_down`` when one is lost, and failing over between nodes."""
+
+    def __init__(
+        self,
+        connector: Connector,
+        *,
+        on_up: Callable[[aiormq.abc.AbstractConnection], Awaitable[None]],
+        on_down: Callable[[BaseException | None], None],
+        reconnect_interval: float,
+        reconnect_interval_max: float,
+    ) -> None:
+        self.connector = connector
+        self._on_up = on_up
+        self._on_down = on_down
+        self._interval = reconnect_interval
+        self._interval_max = reconnect_interval_max
+        self.connection: aiormq.abc.AbstractConnection | None = None
+        self.connected = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> aiormq.abc.AbstractConnection:
+        """Connect (every node once; raise if none answers) and watch the connection."""
+        connection = await self.connector.connect_once()
+        await self._up(connection)
+        self._watch = asyncio.create_task(self._watch_forever(), name="rabbitworker-supervisor")
+        return connection
+
+    async def _up(self, connection: aiormq.abc.AbstractConnection) -> None:
+        self.connection = connection
+        self.connected.set()
+        await self._on_up(connection)
+
+    async def _watch_forever(self) -> None:
+        while not self._stopping:
+            connection = self.connection
+            assert connection is not None
+            error: BaseException | None = None
+            try:
+                await connection.closing
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                error = exc
+            if self._stopping:
+                return
+            self.connected.clear()
+            self.connection = None
+            self.connector.failed_over()
+            self._on_down(error)
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        wait = self._interval
+        while not self._stopping:
+            try:
+                connection = await self.connector.connect_once()
+            except BrokerConnectionError as exc:
+                logger.warning("{}; trying again in {:g} s", exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, self._interval_max)
+                continue
+            try:
+                await self._up(connection)
+            except CONNECT_ERRORS as exc:
+                # Lost again while setting up: start over at once with the next node.
+                logger.warning("connection to {} lost while setting up: {}", self.connector.current, exc)
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                self.connected.clear()
+                self.connection = None
+                self.connector.failed_over()
+                continue
+            return
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop watching and close the connection (bounded)."""
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch
+        connection, self.connection = self.connection, None
+        self.connected.clear()
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(timeout):
+                    await connection.close()
+
+
+def closed_reason(exc: Any) -> str:
+    """A readable reason for a lost connection or channel."""
+    if exc is None:
+        return "closed"
+    return f"{type(exc).__name__}: {exc}"
