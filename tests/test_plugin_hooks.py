@@ -6,7 +6,9 @@ plugin stopping a real host process: test_plugin_faults.py.)
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from rabbitworker import PluginHookError, QueueConfig, hookimpl, hookspecs
 from rabbitworker.errors import PluginInfo
 from rabbitworker.events import Delivery, Outcome, Settlement
 from rabbitworker.plugins import HostPlugins
+from rabbitworker.scaffold import write_plugin
 from rabbitworker.settings import HostSettings
 from rabbitworker.testing import _OutcomeRecorder
 
@@ -359,3 +362,62 @@ def test_the_builtins_and_the_testing_recorder_register_cleanly() -> None:
         "rabbitworker.metrics",
         "recorder",
     ]
+
+
+# -- the pytest plugin without pytest-asyncio ----------------------------------------------
+
+
+@pytest.mark.parametrize("importable", [True, False], ids=["disabled", "not-installed"])
+def test_generated_plugin_tests_without_pytest_asyncio_say_what_to_install(
+    tmp_path: Path, importable: bool
+) -> None:
+    plugin = write_plugin("billing", tmp_path)
+
+    if importable:
+        result = run_pytest(plugin, "-p", "no:asyncio")
+    else:
+        # Not installed means no pytest11 entry point either: only ours, named explicitly.
+        result = run_pytest(
+            plugin,
+            "-p",
+            "rabbitworker.testing",
+            env={**without_pytest_asyncio(tmp_path), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        )
+
+    output = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert "pip install 'rabbitworker-host[testing]'" in result.stderr
+    assert "test_greet_is_acked" in result.stderr
+    assert "AssertionError" not in output
+    assert "INTERNALERROR" not in output
+
+
+def test_a_session_not_using_the_fixtures_runs_without_pytest_asyncio(tmp_path: Path) -> None:
+    (tmp_path / "test_other.py").write_text("def test_other():\n    assert True\n")
+
+    result = run_pytest(tmp_path, "-p", "no:asyncio")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
+def without_pytest_asyncio(root: Path) -> dict[str, str]:
+    """An environment in which ``import pytest_asyncio`` fails, as if it were not installed."""
+    shim = root / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['pytest_asyncio'] = None\n")
+    return {"PYTHONPATH": str(shim)}
+
+
+def run_pytest(
+    cwd: Path, *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *arguments],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
