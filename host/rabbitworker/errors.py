@@ -71,15 +71,19 @@ class PluginLoadError(PluginError):
 
 
 class PluginHookError(PluginError):
-    """A plugin's hook raised or returned something the host cannot use."""
+    """A plugin's hook raised or returned something the host cannot use, or the plugin
+    implements its hooks in a way the host refuses at load time (``hook="register"`` when
+    the problem is the plugin as a whole)."""
 
     def __init__(self, plugin: PluginInfo, hook: str, cause: BaseException | str) -> None:
         self.hook = hook
         self.cause = cause
         what = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        # ``hook="register"``: the plugin as a whole was refused while loading.
+        where = "cannot be loaded" if hook == "register" else f"failed in hook {hook}()"
         super().__init__(
             plugin,
-            f"plugin {plugin.describe()} failed in hook {hook}(): {what}. "
+            f"plugin {plugin.describe()} {where}: {what}. "
             "Fix the plugin, or skip it with RABBITWORKER_DISABLED_PLUGINS="
             f"{plugin.name}.",
         )

@@ -2,10 +2,27 @@
 
 A plugin is a module (or object) registered under the ``rabbitworker.queues`` entry-point
 group. It only has to implement :func:`rabbitworker_queues`; every other hook is optional.
-Hooks are called synchronously by pluggy; the lifecycle hooks may return an awaitable,
-which the host awaits.
+Hooks are called synchronously; the lifecycle hooks may return an awaitable (or be an
+``async def``), which the host awaits.
 
 Hooks are grouped by phase: configuration, lifecycle, then per message.
+
+What the host checks when it loads a plugin (each refusal is a
+:class:`~rabbitworker.PluginHookError` naming the plugin and what to change):
+
+- every function named ``rabbitworker_*`` is decorated with ``@rabbitworker.hookimpl`` and
+  is one of these hooks (a misspelled or undecorated one would silently never run), and the
+  plugin implements at least one hook;
+- no implementation is a wrapper (``hookwrapper=True`` or ``wrapper=True``): the host calls
+  each implementation itself, so that one that raises is attributed to its plugin and does
+  not stop the others. Order implementations with ``tryfirst=True`` / ``trylast=True``;
+- the hooks called on the event loop without being awaited (the connection, consumer and
+  per-message hooks) are plain ``def``: an ``async def`` there would never run.
+
+Order: :func:`rabbitworker_queues` and :func:`rabbitworker_startup` run in load order
+(built-ins, entry points by name, ``RABBITWORKER_PLUGINS``), :func:`rabbitworker_shutdown`
+in reverse. The other hooks run in pluggy's order: ``tryfirst`` implementations first, then
+the most recently loaded plugin first, ``trylast`` last.
 """
 
 from __future__ import annotations
@@ -73,6 +90,9 @@ def rabbitworker_connection_changed(connected: bool, detail: str) -> None:
 
     :param connected: whether it is up now.
     :param detail: what happened, readable (the error when it went down).
+
+    Called on the event loop and not awaited: a plain ``def`` (an ``async def`` is refused
+    when the plugin is loaded). A hook that raises is logged; the others still run.
     """
 
 
@@ -84,6 +104,9 @@ def rabbitworker_consumer_changed(queue: str, consuming: bool, detail: str) -> N
     :param queue: the queue name.
     :param consuming: whether messages of that queue are being consumed now.
     :param detail: what happened, readable.
+
+    Called on the event loop and not awaited: a plain ``def`` (an ``async def`` is refused
+    when the plugin is loaded). A hook that raises is logged; the others still run.
     """
 
 
@@ -96,7 +119,9 @@ def rabbitworker_message_received(delivery: Delivery) -> None:
 
     :param delivery: what is known of the message before its handler runs.
 
-    Called on the event loop for every message: keep it cheap and never block.
+    Called on the event loop for every message, not awaited: a plain ``def`` (an
+    ``async def`` is refused when the plugin is loaded); keep it cheap and never block.
+    A hook that raises is logged; the others still run. Wrappers are refused (see above).
     """
 
 
@@ -107,5 +132,7 @@ def rabbitworker_message_settled(delivery: Delivery, outcome: Outcome) -> None:
     :param delivery: the message, as passed to :func:`rabbitworker_message_received`.
     :param outcome: what happened to it and how long its handler took.
 
-    Called on the event loop for every message after the broker was told: keep it cheap.
+    Called on the event loop for every message after the broker was told, not awaited: a
+    plain ``def`` (an ``async def`` is refused when the plugin is loaded); keep it cheap.
+    A hook that raises is logged; the others still run. Wrappers are refused (see above).
     """

@@ -35,18 +35,31 @@ ENTRY_POINT_GROUP = "rabbitworker.queues"
 BUILTIN_PLUGINS = ("rabbitworker.messagelog",)
 
 
+#: Every hook name in the spec module.
+HOOK_NAMES = frozenset(name for name in vars(hookspecs) if name.startswith("rabbitworker_"))
+
+#: The hooks the host calls synchronously on the event loop (an ``async def`` would never be
+#: awaited), with what each is called for.
+SYNC_HOOKS = {
+    "rabbitworker_message_received": "every message",
+    "rabbitworker_message_settled": "every message",
+    "rabbitworker_connection_changed": "every change of the broker connection",
+    "rabbitworker_consumer_changed": "every queue that starts or stops being consumed",
+}
+
+#: (the plugin as errors name it, the implementation called with the hook's arguments).
+Caller = tuple[str, Callable[..., Any]]
+
+
 class MessageHooks:
     """``rabbitworker_message_received`` / ``_settled``, called for every message.
 
-    The implementations are looked up once and called directly, which costs a fraction of
-    a pluggy hook call; one that raises is logged and the others still run.
+    The implementations are looked up once, in pluggy's call order (``tryfirst`` /
+    ``trylast`` honoured), and called directly, which costs a fraction of a pluggy hook
+    call; one that raises is logged and the others still run.
     """
 
-    def __init__(
-        self,
-        received: list[tuple[str, Callable[..., Any]]],
-        settled: list[tuple[str, Callable[..., Any]]],
-    ) -> None:
+    def __init__(self, received: list[Caller], settled: list[Caller]) -> None:
         self._received = received
         self._settled = settled
 
@@ -168,7 +181,12 @@ class HostPlugins:
             self.register(importlib.import_module(module_name), info)
 
     def register(self, plugin: object, info: PluginInfo) -> None:
-        """Register one plugin object, checking its hooks against the specs."""
+        """Register one plugin object, checking its hooks against the specs.
+
+        :raises PluginHookError: the name is taken, or the plugin implements no hook, an
+            unknown hook, a hook without ``@hookimpl``, a wrapper, or an ``async def`` where
+            the host calls the hook synchronously (see :mod:`rabbitworker.hookspecs`).
+        """
         if self._pm.is_registered(plugin):
             logger.warning("plugin {} is already loaded; skipping the second copy", info.describe())
             return
@@ -183,24 +201,72 @@ class HostPlugins:
             self._pm.register(plugin, name=info.name)
         except pluggy.PluginValidationError as exc:
             raise PluginHookError(info, "register", str(exc)) from exc
-        self._info[info.name] = info
-        unknown = [
-            name
-            for name in dir(plugin)
-            if name.startswith("rabbitworker_")
-            and not hasattr(hookspecs, name)
-            and callable(getattr(plugin, name, None))
-        ]
-        if unknown:
+        problem = self._hook_problem(plugin)
+        if problem is not None:
             self._pm.unregister(plugin)
-            del self._info[info.name]
-            known = ", ".join(n for n in dir(hookspecs) if n.startswith("rabbitworker_"))
-            raise PluginHookError(
-                info,
-                "register",
-                f"it defines {', '.join(unknown)}, which is not a rabbitworker hook (misspelled?). "
-                f"The hooks are: {known}",
+            raise PluginHookError(info, *problem)
+        self._info[info.name] = info
+
+    def _hook_problem(self, plugin: object) -> tuple[str, str] | None:
+        """What is wrong with a just-registered plugin's hooks: (hook, problem), or None."""
+        hooks = ", ".join(sorted(HOOK_NAMES))
+        # Every plugin is checked as it is registered, so a pending hook is this plugin's.
+        try:
+            self._pm.check_pending()
+        except pluggy.PluginValidationError:
+            callers = self._pm.get_hookcallers(plugin) or []
+            unknown = ", ".join(sorted(c.name for c in callers if not c.has_spec()))
+            return (
+                unknown,
+                "this is not a rabbitworker hook (misspelled?). Rename it to one of the "
+                f"hooks: {hooks}",
             )
+        # pluggy registers only what @hookimpl marked; anything else named like a hook is
+        # dropped without a word (and its queues with it), so look for it.
+        for name in dir(plugin):
+            if not name.startswith("rabbitworker_") or not callable(getattr(plugin, name, None)):
+                continue
+            if self._pm.parse_hookimpl_opts(plugin, name) is not None:
+                continue
+            if name in HOOK_NAMES:
+                return name, "it is not registered: decorate it with @rabbitworker.hookimpl"
+            return (
+                name,
+                "this is not a rabbitworker hook (misspelled?) and it is not decorated with "
+                f"@rabbitworker.hookimpl. The hooks are: {hooks}",
+            )
+        impls = [
+            (caller.name, impl)
+            for caller in self._pm.get_hookcallers(plugin) or []
+            for impl in caller.get_hookimpls()
+            if impl.plugin is plugin
+        ]
+        if not impls:
+            return (
+                "register",
+                "it implements no rabbitworker hook. Define rabbitworker_queues() and decorate "
+                "it with @rabbitworker.hookimpl",
+            )
+        for hook_name, impl in impls:
+            if impl.hookwrapper or impl.wrapper:
+                return (
+                    hook_name,
+                    "hook wrappers (hookwrapper=True / wrapper=True) are not supported: the "
+                    "host calls each implementation itself, so that one that raises is "
+                    "attributed to its plugin and cannot stop the others. Make it a plain "
+                    "@rabbitworker.hookimpl, ordered with tryfirst=True or trylast=True",
+                )
+            if hook_name in SYNC_HOOKS and (
+                inspect.iscoroutinefunction(impl.function)
+                or inspect.isasyncgenfunction(impl.function)
+            ):
+                return (
+                    hook_name,
+                    "it is an async def, which would never be awaited: it must be a plain def; "
+                    f"it is called on the event loop for {SYNC_HOOKS[hook_name]}. Start slow "
+                    "work as a task (asyncio.get_running_loop().create_task(...)) from it",
+                )
+        return None
 
     @property
     def plugins(self) -> list[PluginInfo]:
@@ -276,13 +342,11 @@ class HostPlugins:
         )
 
     def _notify(self, hook_name: str, **arguments: Any) -> None:
-        for impl in self._impls(hook_name):
+        for plugin, function in self._callers(hook_name, tuple(arguments)):
             try:
-                impl.function(**_kwargs(impl, **arguments))
+                function(*arguments.values())
             except Exception:
-                logger.exception(
-                    "plugin {}: {} raised", self._info[impl.plugin_name].describe(), hook_name
-                )
+                logger.exception("plugin {}: {} raised", plugin, hook_name)
 
     def message_hooks(self) -> MessageHooks:
         """The per-message hooks, resolved once for the hot path (see :class:`MessageHooks`)."""
@@ -291,22 +355,17 @@ class HostPlugins:
             self._callers("rabbitworker_message_settled", ("delivery", "outcome")),
         )
 
-    def _callers(
-        self, hook_name: str, parameters: tuple[str, ...]
-    ) -> list[tuple[str, Callable[..., Any]]]:
-        impls = self._impls(hook_name)
-        if any(impl.hookwrapper or impl.wrapper for impl in impls):
-            # Wrappers need pluggy's machinery: call the whole hook through it.
-            caller = getattr(self._pm.hook, hook_name)
-            return [
-                ("(wrapped hook)", lambda *args: caller(**dict(zip(parameters, args, strict=True))))
-            ]
-        callers: list[tuple[str, Callable[..., Any]]] = []
-        for impl in impls:
+    def _callers(self, hook_name: str, parameters: tuple[str, ...]) -> list[Caller]:
+        """A hook's implementations in pluggy's call order, each taking ``parameters``
+        positionally (an implementation may declare only some of them, by name)."""
+        callers: list[Caller] = []
+        # pluggy calls the list it keeps from its end: tryfirst, then the last registered.
+        for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
+            plugin = self._info[impl.plugin_name].describe()
             if tuple(impl.argnames) == parameters:
-                callers.append((impl.plugin_name, impl.function))
+                callers.append((plugin, impl.function))
             else:
-                # The implementation takes only some of the arguments, by name.
+
                 def call(
                     *args: Any,
                     f: Callable[..., Any] = impl.function,
@@ -314,10 +373,11 @@ class HostPlugins:
                 ) -> Any:
                     return f(**{n: a for n, a in zip(parameters, args, strict=True) if n in names})
 
-                callers.append((impl.plugin_name, call))
+                callers.append((plugin, call))
         return callers
 
     def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
+        """A hook's implementations in load order (queues, start-up and shut-down)."""
         order = {name: index for index, name in enumerate(self._info)}
         impls = getattr(self._pm.hook, hook_name).get_hookimpls()
         return sorted(impls, key=lambda impl: order[impl.plugin_name])

@@ -480,10 +480,28 @@ async def _management(method: str, path: str, **kwargs: Any) -> None:
 # -- the fixtures --------------------------------------------------------------------------
 
 
-def _need_pytest_asyncio() -> None:
-    if pytest_asyncio is None:
-        pytest.fail(
-            "rabbitworker's fixtures need pytest-asyncio: pip install 'rabbitworker-host[testing]'"
+#: The fixtures below: async, so they need pytest-asyncio running.
+FIXTURES = ("rabbitworker_worker", "rabbitworker_broker_host")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without pytest-asyncio the async fixtures cannot run (pytest fails deep in its fixture
+    machinery): stop before any test and say what to install. This plugin is loaded in every
+    pytest run where rabbitworker-host is installed, so sessions that do not use the
+    fixtures are left alone."""
+    if config.pluginmanager.hasplugin("asyncio"):
+        return
+    using = [
+        item.nodeid
+        for item in items
+        if any(name in FIXTURES for name in getattr(item, "fixturenames", ()))
+    ]
+    if using:
+        raise pytest.UsageError(
+            f"{len(using)} test(s) use rabbitworker's fixtures ({', '.join(FIXTURES)}), e.g. "
+            f"{using[0]}, which need pytest-asyncio, and it is not installed (or is disabled "
+            "with -p no:asyncio). Install it with pip install 'rabbitworker-host[testing]', or "
+            "with your plugin's test extra: pip install -e '.[test]'"
         )
 
 
@@ -499,7 +517,6 @@ async def rabbitworker_worker() -> AsyncIterator[Callable[..., Awaitable[WorkerU
 
     Start-up hooks run when it is made, shut-down hooks at the end of the test.
     """
-    _need_pytest_asyncio()
     made: list[WorkerUnderTest] = []
 
     async def make(*plugins: str | object, settings: HostSettings | None = None) -> WorkerUnderTest:
@@ -518,7 +535,6 @@ async def rabbitworker_worker() -> AsyncIterator[Callable[..., Awaitable[WorkerU
 async def rabbitworker_broker_host() -> AsyncIterator[Callable[..., Awaitable[BrokerHost]]]:
     """Factory: ``await rabbitworker_broker_host("my_plugin")`` → a running :class:`BrokerHost`
     on its own vhost, stopped and deleted at the end of the test."""
-    _need_pytest_asyncio()
     made: list[BrokerHost] = []
 
     async def make(*plugins: str | object) -> BrokerHost:
