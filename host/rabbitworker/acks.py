@@ -112,9 +112,7 @@ class AckTracker:
         covered = [t for t in acked if lowest_blocked is None or t < lowest_blocked]
         covered_set = frozenset(covered)
         if covered:
-            out.append(
-                AckFrame(FrameKind.ACK, max(covered), len(covered) > 1, covers=covered_set)
-            )
+            out.append(AckFrame(FrameKind.ACK, max(covered), len(covered) > 1, covers=covered_set))
         out.extend(
             AckFrame(FrameKind.ACK, t, covers=frozenset({t}))
             for t in sorted(acked)

@@ -184,7 +184,9 @@ class Supervisor:
                 await self._up(connection)
             except CONNECT_ERRORS as exc:
                 # Lost again while setting up: start over at once with the next node.
-                logger.warning("connection to {} lost while setting up: {}", self.connector.current, exc)
+                logger.warning(
+                    "connection to {} lost while setting up: {}", self.connector.current, exc
+                )
                 with contextlib.suppress(Exception):
                     await connection.close()
                 self.connected.clear()
@@ -193,7 +195,7 @@ class Supervisor:
                 continue
             return
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def close(self, grace: float = 5.0) -> None:
         """Stop watching and close the connection (bounded)."""
         self._stopping = True
         if self._watch is not None:
@@ -204,7 +206,7 @@ class Supervisor:
         self.connected.clear()
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(grace):
                     await connection.close()
 
 

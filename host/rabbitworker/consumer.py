@@ -24,17 +24,23 @@ import time
 from collections import Counter
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+from aiormq.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    ConsumerCallback,
+    DeliveredMessage,
+)
 from loguru import logger
+from pamqp.commands import Basic
 
 from rabbitworker.config import QueueConfig
 from rabbitworker.context import TaskContext, _current
 from rabbitworker.events import DeadLetterReason, Delivery, Settlement
 from rabbitworker.handlers import Invoker, RunSlot, current_run
-from rabbitworker.plugins import HostPlugins
 from rabbitworker.ledger import Ledger, NoteKind, message_key
+from rabbitworker.plugins import HostPlugins
 from rabbitworker.policy import (
     HEADER_ATTEMPT,
     HEADER_DELIVERY_COUNT,
@@ -115,6 +121,8 @@ class QueueConsumer:
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._watch_interval = min(1.0, config.handler_timeout / 20)
+        # aiormq accepts a plain function (it wraps it); its type says coroutine function.
+        self._callback = cast(ConsumerCallback, self._on_message)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -150,7 +158,7 @@ class QueueConsumer:
             self._channel = channel
             channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
             self._spawn(self._watch(channel), f"rabbitworker-watch-{self.config.name}")
-            ok = await channel.basic_consume(self.config.name, self._on_message, no_ack=False)
+            ok = await channel.basic_consume(self.config.name, self._callback, no_ack=False)
         except BaseException:
             if self._channel is channel:
                 self._channel = None
@@ -211,22 +219,23 @@ class QueueConsumer:
             self._spawn(self._restore_consumer(), f"rabbitworker-restore-{self.config.name}")
 
     async def _restore_consumer(self) -> None:
-        """Declare the queue again and consume it again on the same channel."""
+        """Declare the queue again and consume it again on the same channel (after a
+        moment: whoever deleted the queue may be re-creating it with other arguments)."""
         delay = 0.2
         while not self._stopping:
+            await asyncio.sleep(delay)
             channel = self._channel
             if channel is None or channel.is_closed:
                 return  # the channel watcher takes over
             try:
                 await declare_topology(channel, self._work_topology)
-                ok = await channel.basic_consume(self.config.name, self._on_message, no_ack=False)
+                ok = await channel.basic_consume(self.config.name, self._callback, no_ack=False)
             except Exception as exc:
                 logger.warning("[{}] could not consume again yet: {}", self.config.name, exc)
-                await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             self._consumer_tag = ok.consumer_tag
-            logger.info("[{}] queue declared again and consumed again", self.config.name)
+            logger.info("[{}] queue re-declared and consumed again", self.config.name)
             self._notify(True, "consuming again after the broker cancelled the consumer")
             return
 
@@ -297,7 +306,7 @@ class QueueConsumer:
     def _on_message(self, message: DeliveredMessage) -> None:
         """aiormq's consumer callback: settle bookkeeping first, then our own task (so a
         closing channel never waits for, or cancels, a handler behind our back)."""
-        ticket = self.settler.delivered(message.delivery.delivery_tag)  # type: ignore[union-attr]
+        ticket = self.settler.delivered(cast(Basic.Deliver, message.delivery).delivery_tag or 0)
         task = asyncio.get_running_loop().create_task(self._handle(message))
         self._runs[task] = _Run(ticket)
         self._idle.clear()
@@ -324,7 +333,7 @@ class QueueConsumer:
             self.config.name,
             None,
             properties.message_id,
-            bool(message.delivery.redelivered),  # type: ignore[union-attr]
+            bool(cast(Basic.Deliver, message.delivery).redelivered),
             headers,
             int_header(headers, HEADER_ATTEMPT, 1),
         )
@@ -390,8 +399,8 @@ class QueueConsumer:
         if self.config.queue_type == "quorum":
             returns = int_header(delivery.headers, HEADER_DELIVERY_COUNT, 0)
         else:
-            returns = 1 + history[NoteKind.START] + int_header(
-                delivery.headers, HEADER_REDELIVERIES, 0
+            returns = (
+                1 + history[NoteKind.START] + int_header(delivery.headers, HEADER_REDELIVERIES, 0)
             )
         refused = delivery_limit_exceeded(self.config, returns, history[NoteKind.CLEAN])
         if refused is None and self.config.queue_type != "quorum" and ledger is not None:
@@ -492,4 +501,3 @@ class QueueConsumer:
                 ):
                     run.why = _TIMEOUT
                     task.cancel()
-

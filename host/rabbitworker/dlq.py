@@ -20,6 +20,7 @@ import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+from rabbitworker.errors import PublishError
 from rabbitworker.policy import (
     FAILURE_HEADERS,
     HEADER_ATTEMPTS,
@@ -29,7 +30,6 @@ from rabbitworker.policy import (
     HEADER_REASON,
     HEADER_TASK,
 )
-from rabbitworker.errors import PublishError
 
 
 @dataclass(frozen=True, slots=True)

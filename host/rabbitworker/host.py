@@ -230,7 +230,9 @@ class WorkerHost:
     async def _drain(self) -> None:
         """Stop consuming everywhere at once, then let in-flight messages finish."""
         cancels = [consumer.stop_consuming() for consumer in self.consumers]
-        results = await _bounded(cancels, min(CANCEL_BOUND, self.settings.shutdown_timeout or CANCEL_BOUND))
+        results = await _bounded(
+            cancels, min(CANCEL_BOUND, self.settings.shutdown_timeout or CANCEL_BOUND)
+        )
         for consumer, result in zip(self.consumers, results, strict=True):
             if isinstance(result, BaseException):
                 logger.warning(
@@ -241,10 +243,10 @@ class WorkerHost:
         in_flight = sum(consumer.in_flight for consumer in self.consumers)
         if in_flight:
             logger.info("waiting for {} in-flight message(s) to finish", in_flight)
-        idle = asyncio.ensure_future(
+        idle: asyncio.Future[Any] = asyncio.ensure_future(
             asyncio.gather(*(consumer.wait_idle() for consumer in self.consumers))
         )
-        force = asyncio.ensure_future(self._force.wait())
+        force: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
         done, _ = await asyncio.wait(
             {idle, force},
             timeout=self.settings.shutdown_timeout,
@@ -255,8 +257,7 @@ class WorkerHost:
             return
         abandoned = sum(consumer.abandon_in_flight() for consumer in self.consumers)
         logger.warning(
-            "{} message(s) still running; left unacknowledged, the broker will deliver "
-            "them again",
+            "{} message(s) still running; left unacknowledged, the broker will deliver them again",
             abandoned,
         )
         with contextlib.suppress(TimeoutError):
@@ -285,19 +286,19 @@ class WorkerHost:
         logger.info("stopped")
 
 
-async def _bounded(steps: list[Any], timeout: float) -> list[Any]:
-    """Run ``steps`` at once within one total ``timeout``; a step that failed or did not
+async def _bounded(steps: list[Any], within: float) -> list[Any]:
+    """Run ``steps`` at once within one total ``within``; a step that failed or did not
     finish shows up as its exception (``TimeoutError``) in the result."""
     tasks = [asyncio.ensure_future(step) for step in steps]
     if not tasks:
         return []
-    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    _, pending = await asyncio.wait(tasks, timeout=within)
     for task in pending:
         task.cancel()
     results: list[Any] = []
     for task in tasks:
         if task in pending:
-            results.append(TimeoutError(f"did not finish within {timeout:g} s"))
+            results.append(TimeoutError(f"did not finish within {within:g} s"))
         elif task.cancelled():
             results.append(asyncio.CancelledError())
         else:

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import aiormq
 import orjson
@@ -105,9 +105,7 @@ class Ledger:
         """The notes about ``key`` (by kind), including every note written before now."""
         if not self.available:
             return Counter()
-        future: asyncio.Future[dict[str, Counter[str]]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[dict[str, Counter[str]]] = asyncio.get_running_loop().create_future()
         self._waiting.append(({key}, future))
         if self._scanner is None or self._scanner.done():
             self._scanner = asyncio.get_running_loop().create_task(
@@ -147,7 +145,7 @@ class Ledger:
 
             async def on_note(message: DeliveredMessage) -> None:
                 with contextlib.suppress(Exception):
-                    await channel.basic_ack(message.delivery.delivery_tag)  # type: ignore[union-attr]
+                    await channel.basic_ack(cast(Basic.Deliver, message.delivery).delivery_tag or 0)
                 try:
                     note = orjson.loads(message.body)
                     kind, noted = note["kind"], note["keys"]
@@ -167,7 +165,7 @@ class Ledger:
             )
             await done
 
-        await self._publisher.run_on_channel(read, timeout=self._timeout)
+        await self._publisher.run_on_channel(read, within=self._timeout)
         return found
 
     async def declare(self, channel: AbstractChannel, max_age_days: int) -> None:

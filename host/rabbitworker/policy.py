@@ -258,8 +258,9 @@ def decide(config: QueueConfig, attempt: int, outcome: HandlerOutcome) -> Decisi
         case Refused(reason, detail):
             return Decision(Action.DEAD_LETTER, reason, detail)
         case TimedOut(seconds):
-            reason, detail = DeadLetterReason.TIMEOUT, (
-                f"handler did not finish within handler_timeout={seconds:g} s"
+            reason, detail = (
+                DeadLetterReason.TIMEOUT,
+                (f"handler did not finish within handler_timeout={seconds:g} s"),
             )
             error: BaseException | None = TimeoutError(f"handler_timeout={seconds:g} s")
         case Raised(raised):
@@ -304,9 +305,7 @@ def _cut(text: str) -> str:
     return text if len(text) <= MAX_HEADER_TEXT else text[: MAX_HEADER_TEXT - 1] + "…"
 
 
-def retry_headers(
-    headers: Mapping[str, Any], attempt: int, decision: Decision
-) -> dict[str, Any]:
+def retry_headers(headers: Mapping[str, Any], attempt: int, decision: Decision) -> dict[str, Any]:
     """The headers of the copy that waits in a delay queue for attempt ``attempt + 1``."""
     copy = dict(headers)
     copy.pop(HEADER_DELIVERY_COUNT, None)

@@ -147,12 +147,16 @@ class ConfirmingPublisher:
                             self._forget(channel)
                         finally:
                             writing = False
-                        logger.debug("publish to {} interrupted ({!r}); trying again", where, last_error)
+                        logger.debug(
+                            "publish to {} interrupted ({!r}); trying again", where, last_error
+                        )
                         await asyncio.sleep(0.05)
                 finally:
                     self._end_turn(message_id)
         except TimeoutError as exc:
-            cause = f" (last error: {type(last_error).__name__}: {last_error})" if last_error else ""
+            cause = (
+                f" (last error: {type(last_error).__name__}: {last_error})" if last_error else ""
+            )
             if maybe_stored or writing:
                 raise PublishUncertainError(
                     f"message {message_id} to {where} was sent but not confirmed within "
@@ -207,11 +211,11 @@ class ConfirmingPublisher:
         return self._channel
 
     async def run_on_channel(
-        self, work: Callable[[AbstractChannel], Awaitable[T]], timeout: float
+        self, work: Callable[[AbstractChannel], Awaitable[T]], within: float
     ) -> T:
         """Run ``work`` on a throwaway channel of this publisher's connection (declaring
         what a copy needs), so a channel error there never closes the publishing channel."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             async with self._lock:
                 if self._connection is None or self._connection.is_closed:
                     self._channel = None

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiormq
 from aiormq.abc import AbstractChannel, DeliveredMessage
@@ -284,7 +284,9 @@ class Settler:
 
     # -- copies ----------------------------------------------------------------------------
 
-    def _copy_of(self, message: DeliveredMessage, delivery: Delivery, decision: Decision) -> tuple[str, str, Basic.Properties]:
+    def _copy_of(
+        self, message: DeliveredMessage, delivery: Delivery, decision: Decision
+    ) -> tuple[str, str, Basic.Properties]:
         original = message.header.properties
         headers = dict(original.headers or {})
         if decision.action is Action.RETRY:
@@ -292,11 +294,11 @@ class Settler:
             headers = retry_headers(headers, delivery.attempt, decision)
         else:
             exchange = self.config.dlx_exchange_name
-            routing_key = message.delivery.routing_key or ""
+            routing_key = cast(Basic.Deliver, message.delivery).routing_key or ""
             headers = dead_letter_headers(
                 headers,
                 queue=self.config.name,
-                exchange=message.delivery.exchange or "",
+                exchange=cast(Basic.Deliver, message.delivery).exchange or "",
                 task=delivery.task,
                 attempt=delivery.attempt,
                 decision=decision,
@@ -338,7 +340,12 @@ class Settler:
                     timeout=self._copy_timeout,
                 )
                 if failures:
-                    logger.info("[{}] stored the {} after {} failed attempt(s)", self.config.name, what, failures)
+                    logger.info(
+                        "[{}] stored the {} after {} failed attempt(s)",
+                        self.config.name,
+                        what,
+                        failures,
+                    )
                 return "stored"
             except (ExchangeNotFoundError, UnroutableMessageError) as exc:
                 problem: Any = exc
@@ -378,7 +385,7 @@ class Settler:
         try:
             await self._copies.run_on_channel(
                 lambda channel: declare_topology(channel, self._copies_topology),
-                timeout=self._copy_timeout,
+                within=self._copy_timeout,
             )
             logger.warning(
                 "[{}] declared its dead-letter exchange {!r}, DLQ {!r} and retry queues again",
@@ -388,7 +395,13 @@ class Settler:
             )
         except BrokerTopologyMismatchError as exc:
             logger.error("[{}] cannot declare what its copies need: {}", self.config.name, exc)
-        except (PublishError, aiormq.exceptions.AMQPError, TimeoutError, OSError, RuntimeError) as exc:
+        except (
+            PublishError,
+            aiormq.exceptions.AMQPError,
+            TimeoutError,
+            OSError,
+            RuntimeError,
+        ) as exc:
             logger.warning(
                 "[{}] could not declare what its copies need ({}: {})",
                 self.config.name,

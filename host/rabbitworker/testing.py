@@ -174,7 +174,7 @@ class _InMemoryCopies:
             _Published(exchange, routing_key, body, dict(properties.headers or {}))
         )
 
-    async def run_on_channel(self, work: Any, timeout: float) -> None:
+    async def run_on_channel(self, work: Any, within: float) -> None:
         return None
 
 
@@ -200,7 +200,9 @@ class _InMemoryChannel:
         self.unacked -= tags
         self.acked |= tags
 
-    async def basic_reject(self, delivery_tag: int, requeue: bool = True, wait: bool = True) -> None:
+    async def basic_reject(
+        self, delivery_tag: int, requeue: bool = True, wait: bool = True
+    ) -> None:
         if delivery_tag not in self.unacked:
             raise AssertionError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
         self.unacked.discard(delivery_tag)
@@ -248,7 +250,7 @@ class WorkerUnderTest:
         self._consumers: dict[str, Any] = {}
         for registration in self.registrations:
             config = registration.config
-            channel = self._channels[config.name] = _InMemoryChannel()
+            self._channels[config.name] = _InMemoryChannel()
             settler = Settler(
                 config,
                 plugins.message_hooks(),
@@ -312,7 +314,9 @@ class WorkerUnderTest:
                 already = len(self._copies.published)
                 tag = channel.next_tag()
                 message = _InMemoryMessage(
-                    _Frame(tag, redelivered, exchange, routing_key if routing_key is not None else name),
+                    _Frame(
+                        tag, redelivered, exchange, routing_key if routing_key is not None else name
+                    ),
                     SimpleNamespace(
                         properties=Basic.Properties(
                             headers=current_headers,

@@ -19,6 +19,9 @@ from rabbitworker.errors import BrokerTopologyMismatchError, TopologyConflictErr
 from rabbitworker.plugins import QueueRegistration
 from rabbitworker.policy import retry_queue_name
 
+#: How far above ``delivery_limit`` a quorum queue's own ``x-delivery-limit`` is set.
+QUORUM_DELIVERY_BACKSTOP = 100
+
 #: Dead-letter exchanges are fanouts: every message dead-lettered through one reaches every
 #: DLQ bound to it, whatever its original routing key.
 DLX_TYPE = "fanout"
@@ -53,9 +56,12 @@ def queue_arguments(config: QueueConfig) -> dict[str, Any]:
     """The ``x-`` arguments a work queue is declared with."""
     arguments: dict[str, Any] = {"x-dead-letter-exchange": config.dlx_exchange_name}
     if config.queue_type == "quorum":
-        # Always explicit: RabbitMQ 4 would otherwise apply a default limit of its own.
         arguments["x-queue-type"] = "quorum"
-        arguments["x-delivery-limit"] = config.delivery_limit
+        # The broker counts every return, clean shutdowns included, so the host enforces
+        # delivery_limit itself (x-delivery-count minus the ledger's clean returns). The
+        # broker's limit is a backstop far above it, explicit because RabbitMQ 4 would
+        # otherwise apply a default of 20.
+        arguments["x-delivery-limit"] = config.delivery_limit + QUORUM_DELIVERY_BACKSTOP
     return arguments
 
 
@@ -177,7 +183,9 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
                 exchange=spec.name, exchange_type=spec.type, durable=True
             )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            raise _conflict(f"exchange {spec.name!r}", f"a durable {spec.type} exchange", exc) from exc
+            raise _conflict(
+                f"exchange {spec.name!r}", f"a durable {spec.type} exchange", exc
+            ) from exc
     for queue_spec in topology.queues.values():
         try:
             await channel.queue_declare(

@@ -54,7 +54,11 @@ async def test_a_force_closed_connection_reconnects_redelivers_and_settles_clean
         value = await metric_value(port, "rabbitworker_messages_in_flight", f'queue="{QUEUE}"')
         pytest.fail(f"rabbitworker_messages_in_flight reads {value} with nothing in flight")
     assert await amqp.consumers(QUEUE) == 1, "consuming again"
-    assert await connections_named(broker, HOST_CONNECTION), "connected again"
+    await poll(
+        lambda: connections_named(broker, HOST_CONNECTION),
+        within=15,
+        message="the host's new connection in the management API",
+    )
     assert host.process.poll() is None, "the same process reconnected by itself"
     assert await host.async_stop() == 0
 
