@@ -3,10 +3,10 @@
 Two fixtures, both factories taking plugins by entry-point name, module path or object:
 
 ``rabbitworker_worker``
-    Runs the plugins **in-process, without a broker**, through the host's real dispatch
-    path (:class:`rabbitworker.dispatch.QueueConsumer`): the code that decides acked,
-    retried or dead-lettered in production decides it here. Push a message, get its
-    :class:`MessageResult`::
+    Runs the plugins **in-process, without a broker**, through the host's real consumer,
+    policy and settler: the code that decides acked, retried or dead-lettered in
+    production decides it here. Push a message, get its :class:`MessageResult`; pass
+    ``fault=`` (a :class:`BrokerFault`) to see what a broker fault does to it::
 
         async def test_send_email(rabbitworker_worker):
             worker = await rabbitworker_worker("notifications")
