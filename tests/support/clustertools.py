@@ -18,7 +18,9 @@ Why it looks the way it does:
   while nobody holds the lock was left by a crashed session and is stopped; if another live
   session holds the lock, the next prefix (``rwb``, ``rwc``, ...) is used instead of stopping
   its nodes. Data lives in a fixed directory per prefix, so a crashed session's leftovers are
-  removed by the next one.
+  removed by the next one. Sessions choose ports and boot their nodes one at a time (a
+  second lock), since a port only looks taken once a node has bound it, and each prefix
+  prefers its own block of ports (``rwb`` 100 above ``rw``).
 - Every listener binds to 127.0.0.1 and each node runs one scheduler (``+S 1:1``): the machine
   is shared and small.
 """
@@ -199,6 +201,10 @@ class RabbitCluster:
     size: int = 3
     #: The node with the extra TLS listener (verify_peer, fail_if_no_peer_cert).
     tls_node: int = 3
+    #: Added to every preferred port (5681.., 15681.., 25681.., 5693): a second session's
+    #: cluster gets its own block, so a node one session killed and is about to restart
+    #: does not look like free ports to the other.
+    port_offset: int = 0
     nodes: list[ClusterNode] = field(default_factory=list)
     tls: TlsFiles | None = None
     #: Seconds :meth:`start` took, from the first launch to all nodes running as one cluster.
@@ -292,24 +298,30 @@ class RabbitCluster:
         shutil.copyfile(cli_cookie_file(), home / ".erlang.cookie")
         (home / ".erlang.cookie").chmod(0o400)
         self.tls = make_tls_files(self.base_dir / "tls")
-        taken: set[int] = set()
-        for index, name in enumerate(self.node_names(), start=1):
-            node = ClusterNode(
-                index=index,
-                name=name,
-                amqp_port=pick_port(5680 + index, taken),
-                dist_port=pick_port(25680 + index, taken),
-                management_port=pick_port(15680 + index, taken),
-                directory=self.base_dir / name.split("@")[0],
-                tls_port=pick_port(5690 + index, taken) if index == self.tls_node else None,
-            )
-            self._write_node_files(node)
-            self.nodes.append(node)
-        # Booting in parallel roughly thirds the wait; the join below is sequential.
-        for node in self.nodes:
-            self._launch(node)
-        for node in self.nodes:
-            self._await_boot(node)
+        # A port is only taken once a node has bound it: another session choosing ports
+        # before then would see ours free, so choosing and booting happen under one lock.
+        with _exclusive(Path(tempfile.gettempdir()) / "rabbitworker-cluster-ports.lock"):
+            taken: set[int] = set()
+            base = self.port_offset
+            for index, name in enumerate(self.node_names(), start=1):
+                node = ClusterNode(
+                    index=index,
+                    name=name,
+                    amqp_port=pick_port(base + 5680 + index, taken),
+                    dist_port=pick_port(base + 25680 + index, taken),
+                    management_port=pick_port(base + 15680 + index, taken),
+                    directory=self.base_dir / name.split("@")[0],
+                    tls_port=(
+                        pick_port(base + 5690 + index, taken) if index == self.tls_node else None
+                    ),
+                )
+                self._write_node_files(node)
+                self.nodes.append(node)
+            # Booting in parallel roughly thirds the wait; the join below is sequential.
+            for node in self.nodes:
+                self._launch(node)
+            for node in self.nodes:
+                self._await_boot(node)
         first = self.nodes[0]
         for node in self.nodes[1:]:
             self.ctl(node.index, "stop_app")
@@ -565,17 +577,26 @@ class RabbitCluster:
         return running == set(self.node_names())
 
 
-def _claim_prefix(prefix: str) -> tuple[IO[str], str]:
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (waiting for it) for the block."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _claim_prefix(prefix: str) -> tuple[IO[str], str, int]:
     """Lock ``prefix`` for this session, or the first of ``prefix`` + b, c, ... that no
-    other live session holds. The lock goes with the process, so a crash releases it."""
-    for candidate in [prefix, *(prefix + letter for letter in "bcdefgh")]:
+    other live session holds; returns the lock, the prefix and its slot (0, 1, ...). The
+    lock goes with the process, so a crash releases it."""
+    for slot, candidate in enumerate([prefix, *(prefix + letter for letter in "bcdefgh")]):
         handle = (Path(tempfile.gettempdir()) / f"rabbitworker-cluster-{candidate}.lock").open("a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             continue
-        return handle, candidate
+        return handle, candidate, slot
     raise ClusterError(f"every test cluster prefix from {prefix!r} is held by another session")
 
 
@@ -583,9 +604,12 @@ def _claim_prefix(prefix: str) -> tuple[IO[str], str]:
 def running_cluster(prefix: str = "rw", size: int = 3) -> Iterator[RabbitCluster]:
     """A started :class:`RabbitCluster`, stopped and deleted on exit however the block ends
     (also when starting it fails half-way)."""
-    lock, prefix = _claim_prefix(prefix)
+    lock, prefix, slot = _claim_prefix(prefix)
     cluster = RabbitCluster(
-        Path(tempfile.gettempdir()) / f"rabbitworker-cluster-{prefix}", prefix, size
+        Path(tempfile.gettempdir()) / f"rabbitworker-cluster-{prefix}",
+        prefix,
+        size,
+        port_offset=100 * slot,
     )
     try:
         cluster.start()
