@@ -19,7 +19,9 @@ def install_everything(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Run the host's and the bundled plugins' tests (needs RabbitMQ on localhost:5672).
 
-    Extra arguments go to pytest: `nox -s tests -- -k prefetch -x`.
+    Includes the cluster suite, which starts its own three RabbitMQ nodes beside the local
+    broker (about half a minute, once). Extra arguments go to pytest:
+    `nox -s tests -- -k prefetch -x`, `nox -s tests -- -m "not cluster"` to leave it out.
     """
     install_everything(session)
     session.run("pytest", *session.posargs)
@@ -53,6 +55,20 @@ def bench(session: nox.Session) -> None:
     plugins = [f"./{path}" for path in PLUGINS if Path(path, "pyproject.toml").exists()]
     session.install("-e", ".", "./bench/plugin", *plugins, "faststream[rabbit]", "psutil")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def cluster(session: nox.Session) -> None:
+    """Run only the cluster suite, against a real three-node RabbitMQ cluster.
+
+    The suite starts rw1@localhost..rw3@localhost from the installed RabbitMQ beside the
+    machine's own broker (never touching it), with ports 5681-5683 or the next free ones,
+    and stops them at the end: about half a minute to start, a minute and a half in all.
+    Needs `rabbitmq-server` and `rabbitmqctl` on PATH. Extra arguments go to pytest:
+    `nox -s cluster -- -k tls -x`.
+    """
+    install_everything(session)
+    session.run("pytest", "-m", "cluster", *session.posargs)
 
 
 @nox.session(python=PYTHON)
