@@ -53,6 +53,12 @@ _LOST = (
 )
 
 
+def _refuses_exchange(error: aiormq.exceptions.ChannelAccessRefused, exchange: str) -> bool:
+    """Whether a 403 closing the channel is about writing to ``exchange`` itself: the broker
+    names the resource (``access to exchange 'tasks.dlx' in vhost ... refused``)."""
+    return f"exchange '{exchange or 'amq.default'}'" in str(error)
+
+
 class ConfirmingPublisher:
     """One confirming channel on a lazily opened connection to one of the broker's nodes.
 
@@ -106,7 +112,9 @@ class ConfirmingPublisher:
                     while True:
                         try:
                             channel = await self._ready_channel()
-                        except BrokerConnectionError as exc:
+                        except (BrokerConnectionError, *_LOST) as exc:
+                            # Not connected, or the connection closed while a channel was
+                            # being opened: nothing of this message was written yet.
                             last_error = exc
                             await asyncio.sleep(0.2)
                             continue
@@ -137,6 +145,19 @@ class ConfirmingPublisher:
                                 f"the broker refused the message for {where}: {exc}; it is "
                                 "not stored (a message over the broker's max_message_size?)"
                             ) from exc
+                        except aiormq.exceptions.ChannelAccessRefused as exc:
+                            self._forget(channel)
+                            if not _refuses_exchange(exc, exchange):
+                                # Another publish on the channel was refused and closed it
+                                # under this one, which may have been stored.
+                                last_error = exc
+                                maybe_stored = True
+                            else:
+                                raise PublishRefusedError(
+                                    f"the broker refused the message for {where}: {exc}; it "
+                                    "is not stored (this user's permissions do not allow "
+                                    "writing to that exchange)"
+                                ) from exc
                         except aiormq.exceptions.ChannelInvalidStateError as exc:
                             # Closed before anything was written: plainly not sent.
                             last_error = exc
