@@ -85,7 +85,6 @@ async def test_every_bad_message_is_settled_once_never_requeued(
     await host.async_wait_for_log("ACKed message m-100")
 
     for index in range(len(BAD_MESSAGES)):
-        assert len(host.log_lines(f"received message bad-{index} ")) == 1
         assert len(host.log_lines(f"dead-lettered message bad-{index} ")) == 1
     assert not host.log_lines("redelivered")
     assert len(host.events("start")) == 2, "the raising handler and the good one, once each"

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -34,6 +35,7 @@ from aiormq.abc import (
 )
 from loguru import logger
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from rabbitworker.config import QueueConfig
 from rabbitworker.context import TaskContext, _current
@@ -159,6 +161,7 @@ class QueueConsumer:
             self._channel = channel
             channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
             self._spawn(self._watch(channel), f"rabbitworker-watch-{self.config.name}")
+            deliver_directly(channel, self._on_message)
             ok = await channel.basic_consume(self.config.name, self._callback, no_ack=False)
         except BaseException:
             if self._channel is channel:
@@ -519,3 +522,21 @@ class QueueConsumer:
                 ):
                     run.why = _TIMEOUT
                     task.cancel()
+
+
+def deliver_directly(
+    channel: AbstractChannel, callback: Callable[[DeliveredMessage], None]
+) -> None:
+    """Hand ``channel``'s deliveries to ``callback`` as they are read, on the channel's
+    reader: aiormq would start a task of its own for each (and wait for those tasks when
+    the channel closes); the consumer starts the one task a delivery needs itself."""
+
+    async def on_deliver_frame(frame: Basic.Deliver) -> None:
+        header = await channel._get_frame()  # type: ignore[attr-defined]
+        if not isinstance(header, ContentHeader):
+            raise ValueError(f"unexpected frame {header!r} instead of ContentHeader")
+        message = await channel._read_content(frame, header)  # type: ignore[attr-defined]
+        if frame.consumer_tag in cast(Any, channel).consumers:
+            callback(message)
+
+    channel._on_deliver_frame = on_deliver_frame  # type: ignore[attr-defined]

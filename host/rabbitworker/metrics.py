@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,6 +24,14 @@ from rabbitworker.settings import HostSettings
 
 #: The event loop counts as unresponsive when its heartbeat is this late (seconds).
 LOOP_STALL_LIMIT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Children:
+    received: Any
+    acked: Any
+    in_flight: Any
+    duration: Any
 
 
 class MetricsPlugin:
@@ -83,6 +93,7 @@ class MetricsPlugin:
         )
         self.connected = False
         self.consuming: dict[str, bool] = {}
+        self._cache: dict[tuple[str, str], _Children] = {}
         self._server: asyncio.Server | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._last_beat = time.monotonic()
@@ -127,25 +138,41 @@ class MetricsPlugin:
         self.consuming[queue] = consuming
         self.consuming_gauge.labels(queue).set(1 if consuming else 0)
 
+    def _children(self, queue: str, task: str) -> _Children:
+        """The metric children of one queue and task, looked up once (``labels()`` is
+        most of a metric's cost per message)."""
+        key = (queue, task)
+        children = self._cache.get(key)
+        if children is None:
+            children = self._cache[key] = _Children(
+                self.received.labels(queue, task),
+                self.acked.labels(queue, task),
+                self.in_flight.labels(queue),
+                self.duration.labels(queue, task),
+            )
+        return children
+
     @hookimpl
     def rabbitworker_message_received(self, delivery: Delivery) -> None:
-        self.received.labels(delivery.queue, delivery.task or "-").inc()
-        self.in_flight.labels(delivery.queue).inc()
+        children = self._children(delivery.queue, delivery.task or "-")
+        children.received.inc()
+        children.in_flight.inc()
 
     @hookimpl
     def rabbitworker_message_settled(self, delivery: Delivery, outcome: Outcome) -> None:
         queue, task = delivery.queue, delivery.task or "-"
+        children = self._children(queue, task)
         settlement = outcome.settlement
-        if settlement is Settlement.UNSETTLED:
+        if settlement is Settlement.ACKED:
+            children.acked.inc()
+        elif settlement is Settlement.UNSETTLED:
             self.unsettled.labels(queue).inc()
-        elif settlement is Settlement.ACKED:
-            self.acked.labels(queue, task).inc()
         elif settlement is Settlement.RETRIED:
             self.retried.labels(queue, task, str(outcome.reason)).inc()
         else:
             self.dead_lettered.labels(queue, task, str(outcome.reason)).inc()
-        self.in_flight.labels(queue).dec()
-        self.duration.labels(queue, task).observe(outcome.duration)
+        children.in_flight.dec()
+        children.duration.observe(outcome.duration)
 
     # -- HTTP ------------------------------------------------------------------------------
 

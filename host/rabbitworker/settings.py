@@ -96,8 +96,9 @@ class HostSettings(BaseSettings):
     )
     message_log_level: str = Field(
         "INFO",
-        description="Level of the two lines logged for every message (received; ACKed). "
-        "Dead letters and retries are always WARNING. DEBUG keeps them out of an INFO log.",
+        description="Level of the line logged for every acked message. Dead letters, "
+        "retries and messages left unacknowledged are always WARNING; the 'received' line "
+        "is DEBUG. DEBUG keeps the acked lines out of an INFO log.",
     )
     plugins: NameList = Field(
         default_factory=list,

@@ -97,9 +97,7 @@ async def declare_like_the_host(amqp_url: str, queues: Sequence[dict[str, Any]])
     try:
         channel = await connection.channel()
         # The host declares on aiormq's channel, under aio-pika's.
-        await declare_topology(
-            await channel.get_underlay_channel(), plan_topology(registrations)
-        )
+        await declare_topology(await channel.get_underlay_channel(), plan_topology(registrations))
     finally:
         await connection.close()
 
