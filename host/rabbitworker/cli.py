@@ -9,12 +9,13 @@ different from the plugins'.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import aio_pika
 import click
@@ -162,19 +163,32 @@ def run() -> None:
             )
         host = WorkerHost(settings, plugins, registrations)
         logger.info("rabbitworker-host starting on {}", settings.masked_amqp_url)
-        _serve(host.run())
+        _serve(host.run(), settings.event_loop)
 
     _guarded(start)
 
 
-def _serve(main_coroutine: Coroutine[Any, Any, None]) -> None:
+def _new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (``rabbitworker-host[uvloop]``) and not switched
+    off with ``RABBITWORKER_EVENT_LOOP=asyncio``; asyncio's otherwise."""
+    if kind != "asyncio":
+        try:
+            uvloop = importlib.import_module("uvloop")
+        except ImportError:
+            pass
+        else:
+            return cast(asyncio.AbstractEventLoop, uvloop.new_event_loop())
+    return asyncio.new_event_loop()
+
+
+def _serve(main_coroutine: Coroutine[Any, Any, None], event_loop: str = "auto") -> None:
     """Like ``asyncio.run``, but never hangs on exit.
 
     A handler that ignores cancellation, or a plain ``def`` handler still running in its
     thread, cannot be stopped; their messages are unacknowledged already (the connection is
     closed), so once the host is done the process leaves without waiting for them.
     """
-    loop = asyncio.new_event_loop()
+    loop = _new_event_loop(event_loop)
     asyncio.set_event_loop(loop)
     leftovers = True
     try:

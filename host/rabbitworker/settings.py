@@ -79,7 +79,7 @@ class HostSettings(BaseSettings):
         "fail over to the others. Passwords never appear in logs or errors.",
     )
     heartbeat: int = Field(
-        20,
+        10,
         ge=0,
         description="AMQP heartbeat in seconds: a node that stops answering is given up "
         "after about three of these and the next node is tried (0 turns heartbeats off). A "
@@ -163,6 +163,11 @@ class HostSettings(BaseSettings):
         description="Days the redelivery ledger (the rabbitworker.ledger stream) keeps its "
         "notes of clean shutdowns and crashes; a message given back after longer counts "
         "from zero again.",
+    )
+    event_loop: Literal["auto", "asyncio"] = Field(
+        "auto",
+        description="auto: uvloop's event loop when it is installed (rabbitworker-host[uvloop]), "
+        "asyncio's otherwise; asyncio: always asyncio's.",
     )
     sync_handler_threads: int | None = Field(
         None,
