@@ -245,6 +245,7 @@ def queues(as_json: bool) -> None:
             "retries",
             "timeout",
             "DLX → DLQ",
+            "queue arguments",
             "tasks",
             "plugin",
         ],
@@ -257,12 +258,27 @@ def queues(as_json: bool) -> None:
                 value(row, "max_retries"),
                 value(row, "handler_timeout", "s"),
                 f"{row['dlx']} → {row['dlq']}",
+                _queue_arguments_label(row),
                 ", ".join(row["tasks"]),
                 _plugin_label(row["plugin"]),
             ]
             for row in rows
         ],
     )
+
+
+def _queue_arguments_label(row: dict[str, Any]) -> str:
+    """The queue type and the limits that are set, e.g. ``quorum, max_length 1000``."""
+    parts = [row["queue_type"]]
+    for name in ("max_priority", "message_ttl", "max_length", "max_length_bytes", "overflow"):
+        if row[name] is not None:
+            parts.append(
+                f"{name} {row[name]:g}" if isinstance(row[name], float) else f"{name} {row[name]}"
+            )
+    if row["single_active_consumer"]:
+        parts.append("single active consumer")
+    parts.extend(f"{key}={value}" for key, value in row["arguments"].items())
+    return ", ".join(parts)
 
 
 def _plugin_label(plugin: dict[str, Any]) -> str:

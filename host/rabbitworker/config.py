@@ -10,6 +10,21 @@ from rabbitworker.errors import InvalidQueueConfigError
 from rabbitworker.handlers import Handler, HandlerSignatureError, HandlerSpec
 
 EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
+OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+#: Queue arguments the host derives from QueueConfig fields (``arguments`` may not set them).
+MANAGED_ARGUMENTS = {
+    "x-dead-letter-exchange": "dlx_exchange_name",
+    "x-dead-letter-routing-key": "the retry path",
+    "x-dead-letter-strategy": "queue_type",
+    "x-queue-type": "queue_type",
+    "x-delivery-limit": "delivery_limit",
+    "x-max-priority": "max_priority",
+    "x-message-ttl": "message_ttl",
+    "x-max-length": "max_length",
+    "x-max-length-bytes": "max_length_bytes",
+    "x-overflow": "overflow",
+    "x-single-active-consumer": "single_active_consumer",
+}
 QUEUE_TYPES = ("classic", "quorum")
 
 #: RabbitMQ closes a channel whose delivery stays unacked longer than its consumer_timeout
@@ -41,7 +56,21 @@ class QueueConfig:
     :param queue_type: ``classic`` or ``quorum`` (replicated; for RabbitMQ clusters).
     :param delivery_limit: how many times a message may be delivered again without being
         settled (the worker crashed or lost its connection) before it is dead-lettered
-        instead of crashing the worker forever. On quorum queues it is ``x-delivery-limit``.
+        instead of crashing the worker forever. Clean shutdowns do not count.
+    :param max_priority: ``x-max-priority``: messages published with ``priority`` up to this
+        (1-255; 10 is plenty) are delivered highest first. Classic queues only on RabbitMQ
+        3.10.
+    :param message_ttl: ``x-message-ttl`` in seconds: a message waiting longer is
+        dead-lettered by the broker (reason ``expired`` in its ``x-death`` header).
+    :param max_length: ``x-max-length``: at most this many ready messages.
+    :param max_length_bytes: ``x-max-length-bytes``: at most this many bytes of bodies.
+    :param overflow: ``x-overflow``, what happens at a limit: ``drop-head`` (the oldest is
+        dead-lettered), ``reject-publish`` (``publish_task`` raises
+        :class:`~rabbitworker.PublishRefusedError`), ``reject-publish-dlx`` (the same, and
+        the new message is dead-lettered). Quorum queues need ``reject-publish``.
+    :param single_active_consumer: ``x-single-active-consumer``: one consumer at a time
+        gets the queue's messages, in order; the others stand by and take over when it goes.
+    :param arguments: any other ``x-`` queue argument, passed as it is.
     """
 
     name: str
@@ -59,6 +88,13 @@ class QueueConfig:
     handler_timeout: float = 1500.0
     queue_type: str = "classic"
     delivery_limit: int = 5
+    max_priority: int | None = None
+    message_ttl: float | None = None
+    max_length: int | None = None
+    max_length_bytes: int | None = None
+    overflow: str | None = None
+    single_active_consumer: bool = False
+    arguments: Mapping[str, Any] = field(default_factory=dict)
     #: How each task's handler is called, learned once when the config is built.
     handler_specs: Mapping[str, HandlerSpec] = field(init=False, repr=False)
 
@@ -98,7 +134,63 @@ class QueueConfig:
                 "dlq_name", "must differ from the queue's own name", queue
             )
         self._validate_delivery(queue)
+        self._validate_arguments(queue)
         self._validate_handlers(queue)
+
+    def _validate_arguments(self, queue: str | None) -> None:
+        quorum = self.queue_type == "quorum"
+        for name in ("max_length", "max_length_bytes"):
+            if getattr(self, name) is not None:
+                _require_int(getattr(self, name), name, 0, queue)
+        if self.max_priority is not None:
+            _require_int(self.max_priority, "max_priority", 1, queue)
+            if self.max_priority > 255:
+                raise InvalidQueueConfigError(
+                    "max_priority", f"must be at most 255, got {self.max_priority}", queue
+                )
+            if quorum:
+                raise InvalidQueueConfigError(
+                    "max_priority",
+                    "is not supported by quorum queues on RabbitMQ 3.10 (the broker refuses "
+                    "x-max-priority there); use queue_type='classic' for a priority queue",
+                    queue,
+                )
+        ttl = self.message_ttl
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0
+        ):
+            raise InvalidQueueConfigError(
+                "message_ttl", f"must be a positive number of seconds, got {ttl!r}", queue
+            )
+        if self.overflow is not None:
+            if self.overflow not in OVERFLOW_MODES:
+                raise InvalidQueueConfigError(
+                    "overflow", f"must be one of {', '.join(OVERFLOW_MODES)}", queue
+                )
+            if quorum and self.overflow != "reject-publish":
+                raise InvalidQueueConfigError(
+                    "overflow",
+                    f"{self.overflow!r} cannot be used on a quorum queue: its at-least-once "
+                    "dead-lettering needs 'reject-publish'",
+                    queue,
+                )
+        if not isinstance(self.single_active_consumer, bool):
+            raise InvalidQueueConfigError("single_active_consumer", "must be True or False", queue)
+        if not isinstance(self.arguments, Mapping):
+            raise InvalidQueueConfigError(
+                "arguments", "must be a dict of x- queue arguments", queue
+            )
+        for key in self.arguments:
+            if not isinstance(key, str) or not key.startswith("x-"):
+                raise InvalidQueueConfigError(
+                    "arguments", f"has {key!r}; queue arguments start with 'x-'", queue
+                )
+            owner = MANAGED_ARGUMENTS.get(key)
+            if owner is not None:
+                raise InvalidQueueConfigError(
+                    "arguments", f"sets {key!r}, which the host sets from {owner}", queue
+                )
+        object.__setattr__(self, "arguments", dict(self.arguments))
 
     def _validate_delivery(self, queue: str | None) -> None:
         _require_int(self.max_retries, "max_retries", 0, queue)
@@ -213,6 +305,13 @@ class QueueConfig:
             "retry_delays": self.retry_schedule,
             "handler_timeout": self.handler_timeout,
             "delivery_limit": self.delivery_limit,
+            "max_priority": self.max_priority,
+            "message_ttl": self.message_ttl,
+            "max_length": self.max_length,
+            "max_length_bytes": self.max_length_bytes,
+            "overflow": self.overflow,
+            "single_active_consumer": self.single_active_consumer,
+            "arguments": dict(self.arguments),
         }
 
 

@@ -391,6 +391,7 @@ async def publish_task(
     exchange_name: str = "tasks",
     message_id: str | None = None,
     headers: dict[str, Any] | None = None,
+    priority: int | None = None,
 ) -> str:
     """Publish ``message_body`` as persistent JSON and wait for the broker's confirm.
 
@@ -398,6 +399,7 @@ async def publish_task(
     by ``;``); later calls on the same event loop reuse that connection. Everything,
     reconnecting included, happens within ``RABBITWORKER_PUBLISH_TIMEOUT``.
 
+    :param priority: for queues with ``max_priority``: higher is delivered first.
     :returns: the message id (generated unless given).
     :raises UnroutableMessageError: no queue is bound to ``exchange_name`` with ``routing_key``.
     :raises PublishNotSentError: not stored (no such exchange, refused, broker unreachable
@@ -411,6 +413,7 @@ async def publish_task(
         exchange_name=exchange_name,
         message_id=message_id,
         headers=headers,
+        priority=priority,
     )
 
 

@@ -49,6 +49,14 @@ class QueueOverride(BaseModel):
     retry_delays: list[float] | None = Field(None, description="Seconds before each retry.")
     handler_timeout: float | None = Field(None, description="Seconds a handler may run.")
     delivery_limit: int | None = Field(None, description="Redeliveries before dead-lettering.")
+    max_priority: int | None = Field(None, description="x-max-priority of the queue.")
+    message_ttl: float | None = Field(None, description="x-message-ttl, in seconds.")
+    max_length: int | None = Field(None, description="x-max-length of the queue.")
+    max_length_bytes: int | None = Field(None, description="x-max-length-bytes of the queue.")
+    overflow: str | None = Field(None, description="x-overflow: what happens at a limit.")
+    single_active_consumer: bool | None = Field(
+        None, description="x-single-active-consumer: one consumer at a time."
+    )
 
     def changes(self) -> dict[str, object]:
         return self.model_dump(exclude_none=True)
@@ -122,7 +130,9 @@ class HostSettings(BaseSettings):
     queues: dict[str, QueueOverride] = Field(
         default_factory=dict,
         description="Per-queue overrides of prefetch_count, max_retries, retry_delays, "
-        "handler_timeout and delivery_limit, by queue name. As an env var, JSON: "
+        "handler_timeout, delivery_limit and the queue arguments (max_priority, message_ttl, "
+        "max_length, max_length_bytes, overflow, single_active_consumer), by queue name. "
+        "As an env var, JSON: "
         '{"reports.queue": {"prefetch_count": 2}}; in the TOML file, [queues."reports.queue"].',
     )
     log_format: Literal["text", "json"] = Field(

@@ -64,6 +64,17 @@ QUORUM_DEAD_LETTERING = {
 def queue_arguments(config: QueueConfig) -> dict[str, Any]:
     """The ``x-`` arguments a work queue is declared with."""
     arguments: dict[str, Any] = {"x-dead-letter-exchange": config.dlx_exchange_name}
+    arguments.update(config.arguments)
+    for key, value in (
+        ("x-max-priority", config.max_priority),
+        ("x-message-ttl", None if config.message_ttl is None else round(config.message_ttl * 1000)),
+        ("x-max-length", config.max_length),
+        ("x-max-length-bytes", config.max_length_bytes),
+        ("x-overflow", config.overflow),
+        ("x-single-active-consumer", True if config.single_active_consumer else None),
+    ):
+        if value is not None:
+            arguments[key] = value
     if config.queue_type == "quorum":
         arguments.update(QUORUM_DEAD_LETTERING)
         # The broker counts every return, clean shutdowns included, so the host enforces
