@@ -27,7 +27,12 @@ from rabbitworker.errors import (
 )
 from rabbitworker.events import DeadLetterReason, Delivery, Outcome, Settlement
 from rabbitworker.hookspecs import hookimpl
-from rabbitworker.publish import close_publishers, publish_task
+from rabbitworker.publish import (
+    close_publishers,
+    close_sync_publisher,
+    publish_task,
+    publish_task_sync,
+)
 from rabbitworker.settings import HostSettings
 
 __all__ = [
@@ -56,7 +61,9 @@ __all__ = [
     "TopologyConflictError",
     "UnroutableMessageError",
     "close_publishers",
+    "close_sync_publisher",
     "current_task",
     "hookimpl",
     "publish_task",
+    "publish_task_sync",
 ]

@@ -13,8 +13,10 @@ publishing again: at least once, never zero times.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
+import threading
 import uuid
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -422,3 +424,78 @@ async def close_publishers() -> None:
     by_url = _publishers.pop(asyncio.get_running_loop(), {})
     for publisher in by_url.values():
         await publisher.close()
+
+
+class _SyncPublisher:
+    """``publish_task_sync``'s engine: one event loop in a daemon thread of this process,
+    one connection on it, shared by every calling thread. A forked child (gunicorn, celery
+    prefork, multiprocessing) gets its own on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="rabbitworker-publish", daemon=True
+                )
+                thread.start()
+                self._loop, self._pid = loop, os.getpid()
+                atexit.register(self.close)
+            return self._loop
+
+    def close(self) -> None:
+        """Close the connection and stop the thread (at exit; also callable directly)."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is None or not loop.is_running():
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(close_publishers(), loop).result(timeout=5)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+_sync = _SyncPublisher()
+
+
+def publish_task_sync(
+    message_body: dict[str, Any],
+    routing_key: str,
+    *,
+    exchange_name: str = "tasks",
+    message_id: str | None = None,
+    headers: dict[str, Any] | None = None,
+    priority: int | None = None,
+) -> str:
+    """:func:`publish_task` for synchronous code (Django and Flask views, scripts, threads):
+    the same arguments, confirms, deadline and errors. Safe to call from many threads at
+    once; they share one connection per process.
+
+    :returns: the message id once the broker confirmed the message.
+    """
+    future = asyncio.run_coroutine_threadsafe(
+        _publish_on_the_loop(
+            message_body,
+            routing_key,
+            exchange_name=exchange_name,
+            message_id=message_id,
+            headers=headers,
+            priority=priority,
+        ),
+        _sync.loop(),
+    )
+    return future.result()
+
+
+async def _publish_on_the_loop(message_body: Any, routing_key: str, **options: Any) -> str:
+    # get_publisher() must run on the publishing loop: publishers belong to one loop.
+    return await get_publisher().publish(message_body, routing_key, **options)
+
+
+def close_sync_publisher() -> None:
+    """Close ``publish_task_sync``'s connection (it is also closed at exit)."""
+    _sync.close()
