@@ -596,6 +596,34 @@ def topology(fmt: str) -> None:
     click.echo(render(plan, registrations, fmt))
 
 
+@main.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "yaml"]),
+    default="json",
+    show_default=True,
+    help="The document's format.",
+)
+def asyncapi(fmt: str) -> None:
+    """Print an AsyncAPI 3 document of the installed plugins' queues and tasks.
+
+    Each queue is a channel with its AMQP binding, each task a message with its payload's
+    JSON Schema. No broker is needed; passwords never appear in it.
+    """
+    from rabbitworker.asyncapi import document
+
+    settings = _settings()
+    _, registrations = _guarded(lambda: _load(settings))
+    data = document(registrations, settings.amqp_urls)
+    if fmt == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
+    else:
+        _echo_json(data)
+
+
 @main.command("new-plugin")
 @click.argument("name")
 @click.option(
