@@ -164,3 +164,46 @@ def test_the_plan_gives_a_queue_with_its_own_dlx_its_own_dlq() -> None:
     assert topology.queues["own.q"].arguments == {"x-dead-letter-exchange": "o.dlx"}
     assert topology.queues["o.dlq"].bindings == (("o.dlx", ""),)
     assert topology.queues["tasks.dlq"].bindings == (("tasks.dlx", ""),)
+
+
+def test_a_quorum_queue_gets_quorum_dlq_and_retry_queues_dead_lettering_at_least_once(
+    broker: Broker, start_host: Callable[..., HostProcess]
+) -> None:
+    start_host(
+        [
+            {
+                "name": "q.q",
+                "routing_key": "q",
+                "queue_type": "quorum",
+                "max_retries": 1,
+                "retry_delays": [2],
+                "dlq_name": "q.dlq",
+                "dlx_exchange_name": "q.dlx",
+            }
+        ]
+    )
+    queues = broker.queues()
+
+    work = queues["q.q"]["arguments"]
+    assert work["x-queue-type"] == "quorum"
+    assert work["x-dead-letter-strategy"] == "at-least-once"
+    assert work["x-overflow"] == "reject-publish", "at-least-once needs it"
+    retry = queues["q.q.retry.2000ms"]["arguments"]
+    assert retry["x-queue-type"] == "quorum"
+    assert retry["x-dead-letter-strategy"] == "at-least-once"
+    assert queues["q.dlq"]["arguments"]["x-queue-type"] == "quorum"
+    assert queues["q.dlq"]["type"] == "quorum"
+
+
+def test_a_dlq_shared_by_a_classic_and_a_quorum_queue_is_quorum() -> None:
+    async def handler(message: dict[str, Any]) -> None: ...
+
+    registrations = [
+        QueueRegistration(
+            QueueConfig(name=name, routing_key=name, task_handlers={"t": handler}, queue_type=kind),
+            PluginInfo("p"),
+        )
+        for name, kind in [("c.q", "classic"), ("r.q", "quorum")]
+    ]
+    assert plan_topology(registrations).queues["tasks.dlq"].arguments == {"x-queue-type": "quorum"}
+    assert plan_topology(registrations[:1]).queues["tasks.dlq"].arguments == {}

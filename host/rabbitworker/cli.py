@@ -32,7 +32,12 @@ from rabbitworker.handlers import handlers_running_in_threads
 from rabbitworker.logs import secret_forms, setup_logging
 from rabbitworker.overrides import OverrideError, apply_overrides
 from rabbitworker.plugins import HostPlugins, QueueRegistration, iter_plugin_rows
-from rabbitworker.settings import HostSettings, url_passwords
+from rabbitworker.settings import (
+    HostSettings,
+    describe_errors,
+    unknown_variables,
+    url_passwords,
+)
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 3
@@ -50,7 +55,7 @@ def _settings() -> HostSettings:
         settings = HostSettings()
     except ValidationError as exc:
         setup_logging()
-        _fail(f"invalid RABBITWORKER_* setting: {exc}", EXIT_CONFIG)
+        _fail(f"invalid setting: {describe_errors(exc)}", EXIT_CONFIG)
     setup_logging(
         settings.log_level,
         secrets=tuple(
@@ -79,6 +84,9 @@ def _guarded(action: Callable[[], Any]) -> Any:
 
 def _load(settings: HostSettings) -> tuple[HostPlugins, list[QueueRegistration]]:
     plugins = HostPlugins.load(settings)
+    for name, close in unknown_variables(os.environ, (p.name for p in plugins.plugins)):
+        hint = f"; did you mean {close}?" if close else ""
+        logger.warning("{} is not a rabbitworker setting and is ignored{}", name, hint)
     return plugins, apply_overrides(plugins.collect_queues(), settings)
 
 

@@ -78,6 +78,7 @@ class _Run:
     #: Set when the consumer cancels the run: the timeout, or an :class:`Interruption`.
     why: str | None = None
     reported: bool = False
+    announced: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -267,6 +268,7 @@ class QueueConsumer:
                 run.reported = True
                 stuck += 1
                 delivery = run.extra["delivery"]
+                self._received(run, delivery)
                 self.settler.leave(
                     run.ticket,
                     delivery,
@@ -342,20 +344,30 @@ class QueueConsumer:
         try:
             decision = await self._decide(message, delivery, run, task)
         except asyncio.CancelledError:
-            # Cancelled while waiting for a slot, before its handler began.
-            if run.why is None:
-                raise
-            task.uncancel()
+            # Cancelled before its handler began (waiting for a slot or for the ledger), or
+            # by someone else than this consumer (the event loop closing).
+            foreign = run.why is None
+            why = run.why = run.why or Interruption.CHANNEL_LOST
+            if not foreign and task.cancelling():
+                task.uncancel()
             outcome: HandlerOutcome = (
                 TimedOut(self.config.handler_timeout)
-                if run.why == _TIMEOUT
-                else Interrupted(Interruption(run.why))
+                if why == _TIMEOUT
+                else Interrupted(Interruption(why))
             )
             decision = decide(self.config, delivery.attempt, outcome)
+            if foreign:
+                run.phase = "settle"
+                if not run.reported:
+                    run.reported = True
+                    self._received(run, delivery)
+                    self.settler.leave(run.ticket, delivery, Interruption.CHANNEL_LOST.value)
+                raise
         run.phase = "settle"
         if run.reported:
             return
         run.reported = True
+        self._received(run, delivery)
         settlement = await self.settler.settle(run.ticket, message, delivery, decision, started)
         if settlement is Settlement.UNSETTLED and self._stopping:
             self.left_at_shutdown.append(
@@ -373,15 +385,21 @@ class QueueConsumer:
         if delivery.redelivered:
             verdict = await self._judge_redelivery(message, delivery)
             if isinstance(verdict, Decision):
-                self._hooks.received(delivery)
+                self._received(run, delivery)
                 return verdict
             if verdict is not None and not isinstance(inspected, Refused):
                 inspected = verdict
-        self._hooks.received(delivery)
+        self._received(run, delivery)
         if isinstance(inspected, Refused):
             return decide(self.config, delivery.attempt, inspected)
         outcome = await self._run_handler(inspected, delivery, run, task)
         return decide(self.config, delivery.attempt, outcome)
+
+    def _received(self, run: _Run, delivery: Delivery) -> None:
+        """Announce the delivery, exactly once, before its outcome."""
+        if not run.announced:
+            run.announced = True
+            self._hooks.received(delivery)
 
     async def _judge_redelivery(
         self, message: DeliveredMessage, delivery: Delivery

@@ -127,10 +127,16 @@ def rabbitworker_message_received(delivery: Delivery) -> None:
 
 @hookspec
 def rabbitworker_message_settled(delivery: Delivery, outcome: Outcome) -> None:
-    """A message was settled: acknowledged, or dead-lettered with a reason.
+    """A message was settled: acknowledged, retried, dead-lettered with a reason, or left
+    unacknowledged for the broker to deliver again (``Settlement.UNSETTLED``).
 
     :param delivery: the message, as passed to :func:`rabbitworker_message_received`.
     :param outcome: what happened to it and how long its handler took.
+
+    Exactly once per delivery, always after :func:`rabbitworker_message_received` for it,
+    also when its channel or connection closed under it. An ack, a retry and a dead letter
+    are reported once their frame was written to the broker (a copy: once the broker
+    confirmed it stored it in a queue).
 
     Called on the event loop for every message after the broker was told, not awaited: a
     plain ``def`` (an ``async def`` is refused when the plugin is loaded); keep it cheap.

@@ -138,9 +138,6 @@ class MetricsPlugin:
         settlement = outcome.settlement
         if settlement is Settlement.UNSETTLED:
             self.unsettled.labels(queue).inc()
-            if delivery.task is None:
-                # Cancelled before it was announced as received.
-                return
         elif settlement is Settlement.ACKED:
             self.acked.labels(queue, task).inc()
         elif settlement is Settlement.RETRIED:

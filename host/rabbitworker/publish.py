@@ -53,6 +53,30 @@ _LOST = (
 )
 
 
+def _refusal(
+    error: aiormq.exceptions.ChannelClosed, exchange: str, where: str
+) -> PublishNotSentError | None:
+    """The definitive answer a channel error gives a publish to ``exchange``, or ``None``
+    when the error is about another publish pipelined on the same channel (which may have
+    closed it after this one was stored). The broker names the exchange in its text:
+    ``NOT_FOUND - no exchange 'x' in vhost 'v'``, ``access to exchange 'x' ... refused``."""
+    text = str(error)
+    names_it = f"exchange '{exchange or 'amq.default'}'" in text
+    if isinstance(error, aiormq.exceptions.ChannelNotFoundEntity) and names_it:
+        return ExchangeNotFoundError(exchange)
+    if isinstance(error, aiormq.exceptions.ChannelAccessRefused) and names_it:
+        return PublishRefusedError(
+            f"the broker refused the message for {where}: {error}; it is not stored (this "
+            "user's permissions do not allow writing to that exchange)"
+        )
+    if isinstance(error, aiormq.exceptions.ChannelPreconditionFailed) and "size" in text:
+        return PublishRefusedError(
+            f"the broker refused the message for {where}: {error}; it is not stored (a "
+            "message over the broker's max_message_size)"
+        )
+    return None
+
+
 class ConfirmingPublisher:
     """One confirming channel on a lazily opened connection to one of the broker's nodes.
 
@@ -106,7 +130,9 @@ class ConfirmingPublisher:
                     while True:
                         try:
                             channel = await self._ready_channel()
-                        except BrokerConnectionError as exc:
+                        except (BrokerConnectionError, *_LOST) as exc:
+                            # Not connected, or the connection closed while a channel was
+                            # being opened: nothing of this message was written yet.
                             last_error = exc
                             await asyncio.sleep(0.2)
                             continue
@@ -128,15 +154,15 @@ class ConfirmingPublisher:
                                 "it is not stored. A queue at its x-max-length with "
                                 "overflow reject-publish, or a broker alarm?"
                             ) from exc
-                        except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                            self._channel = None
-                            raise ExchangeNotFoundError(exchange) from exc
-                        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                            self._channel = None
-                            raise PublishRefusedError(
-                                f"the broker refused the message for {where}: {exc}; it is "
-                                "not stored (a message over the broker's max_message_size?)"
-                            ) from exc
+                        except aiormq.exceptions.ChannelClosed as exc:
+                            # A channel error closes the channel for every publish on it:
+                            # it answers this one only if it names this one's exchange.
+                            self._forget(channel)
+                            refusal = _refusal(exc, exchange, where)
+                            if refusal is not None:
+                                raise refusal from exc
+                            last_error = exc
+                            maybe_stored = True
                         except aiormq.exceptions.ChannelInvalidStateError as exc:
                             # Closed before anything was written: plainly not sent.
                             last_error = exc

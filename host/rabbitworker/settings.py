@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -177,6 +179,11 @@ class HostSettings(BaseSettings):
     @classmethod
     def _amqp_scheme(cls, value: str) -> str:
         urls = [part.strip() for part in value.split(";") if part.strip()]
+        if any(f",{scheme}://" in value for scheme in ("amqp", "amqps")):
+            raise ValueError(
+                "holds several URLs separated by ','; separate the nodes of a cluster with "
+                "';' instead"
+            )
         if not urls:
             raise ValueError("is empty; e.g. amqp://guest:guest@localhost:5672/")
         for number, url in enumerate(urls, start=1):
@@ -236,3 +243,41 @@ def url_password(url: str) -> str | None:
     """The password of the first URL that has one."""
     passwords = url_passwords(url)
     return passwords[0] if passwords else None
+
+
+def describe_errors(error: ValidationError) -> str:
+    """A settings error people can act on, without any value it was given: a URL setting
+    holds passwords, so no input is ever echoed."""
+    lines = []
+    for problem in error.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in problem["loc"]) or "settings"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        lines.append(f"RABBITWORKER_{where.upper()}: {message}")
+    return "; ".join(lines)
+
+
+#: Variables with the prefix that are not settings of the host itself.
+_NOT_HOST_SETTINGS = ("RABBITWORKER_CONFIG_FILE", "RABBITWORKER_TEST_")
+
+
+def unknown_variables(
+    environ: Mapping[str, str], plugin_names: Iterable[str] = ()
+) -> list[tuple[str, str | None]]:
+    """``RABBITWORKER_*`` variables that no setting reads, each with the closest setting
+    name (a did-you-mean), or ``None``. ``RABBITWORKER_<PLUGIN>_*`` belong to the plugin."""
+    known = {f"RABBITWORKER_{name.upper()}" for name in HostSettings.model_fields}
+    plugin_prefixes = tuple(
+        f"RABBITWORKER_{name.upper().replace('-', '_').replace('.', '_')}_" for name in plugin_names
+    )
+    unknown = []
+    for name in sorted(environ):
+        if (
+            not name.startswith("RABBITWORKER_")
+            or name in known
+            or name.startswith(_NOT_HOST_SETTINGS)
+            or name.startswith(plugin_prefixes)
+        ):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        unknown.append((name, close[0] if close else None))
+    return unknown

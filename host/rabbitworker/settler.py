@@ -363,6 +363,10 @@ class Settler:
                 problem = exc
             except PublishError as exc:
                 problem = exc
+            except (aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+                # Not one of the publisher's own errors, but still a failed attempt: let it
+                # escape and the original would stay unacknowledged with no one retrying.
+                problem = f"{type(exc).__name__}: {exc}"
             failures += 1
             wait = COPY_BACKOFF[min(failures, len(COPY_BACKOFF)) - 1]
             logger.warning(

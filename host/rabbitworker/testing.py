@@ -138,6 +138,13 @@ class BrokerFault(StrEnum):
     - ``confirm-refused``: the broker nacks every retry or dead-letter copy (an alarm, a
       full queue): the original stays unacknowledged, ``unsettled``.
     - ``copy-unroutable``: the copy reaches no queue (a DLQ deleted): likewise ``unsettled``.
+
+      In production the settler keeps trying to store such a copy, with backoff, until the
+      fault clears (then the message is retried or dead-lettered after all) or the host
+      shuts down. In memory the fault never clears, so for these two the push gives up
+      after the first failed attempt, as a shutdown would, and returns ``unsettled`` (its
+      ``detail`` says the copy "could not be stored before shutdown"). The next push
+      without a fault stores copies again.
     - ``channel-closed``: the consumer's channel closes while the handler runs: the handler
       is cancelled, the message ``unsettled`` (the broker delivers it again).
     - ``connection-lost``: the same for the whole connection.
@@ -147,6 +154,10 @@ class BrokerFault(StrEnum):
     COPY_UNROUTABLE = "copy-unroutable"
     CHANNEL_CLOSED = "channel-closed"
     CONNECTION_LOST = "connection-lost"
+
+
+#: Faults of storing a copy, which the settler would otherwise retry until shutdown.
+_COPY_FAULTS = frozenset({BrokerFault.CONFIRM_REFUSED, BrokerFault.COPY_UNROUTABLE})
 
 
 class _InMemoryCopies:
@@ -303,9 +314,16 @@ class WorkerUnderTest:
         consumer, channel = self._consumers[name], self._channels[name]
         if name not in self._attached:
             consumer.settler.attach(cast(Any, channel))
+            # What QueueConsumer.attach() records of its channel: lost() ignores a consumer
+            # without one, and an injected channel fault would then cancel nothing.
+            consumer._channel = cast(Any, channel)
             self._attached.add(name)
         injected = BrokerFault(fault) if fault is not None else None
         self._copies.fault = injected
+        if injected in _COPY_FAULTS:
+            # The in-memory store fails for ever: without this the settler would retry the
+            # copy until the test times out.
+            consumer.settler.give_up_copies()
         message_id = message_id or uuid.uuid4().hex
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         current_headers = dict(headers or {})
@@ -360,6 +378,8 @@ class WorkerUnderTest:
                 return result
         finally:
             self._copies.fault = None
+            if injected in _COPY_FAULTS:
+                consumer.settler._giving_up.clear()
 
     def _dlx_of(self, queue: str) -> str:
         return str(self._consumers[queue].config.dlx_exchange_name)

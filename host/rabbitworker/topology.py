@@ -52,11 +52,20 @@ class Topology:
     queues: dict[str, QueueSpec] = field(default_factory=dict)
 
 
+#: A quorum queue that dead-letters, declared so no dead letter is ever dropped between
+#: queues: RabbitMQ's at-least-once dead-lettering (3.10+) needs ``reject-publish``.
+QUORUM_DEAD_LETTERING = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+
+
 def queue_arguments(config: QueueConfig) -> dict[str, Any]:
     """The ``x-`` arguments a work queue is declared with."""
     arguments: dict[str, Any] = {"x-dead-letter-exchange": config.dlx_exchange_name}
     if config.queue_type == "quorum":
-        arguments["x-queue-type"] = "quorum"
+        arguments.update(QUORUM_DEAD_LETTERING)
         # The broker counts every return, clean shutdowns included, so the host enforces
         # delivery_limit itself (x-delivery-count minus the ledger's clean returns). The
         # broker's limit is a backstop far above it, explicit because RabbitMQ 4 would
@@ -68,20 +77,26 @@ def queue_arguments(config: QueueConfig) -> dict[str, Any]:
 def retry_queues(config: QueueConfig) -> list[QueueSpec]:
     """One queue per distinct retry delay. A retried message is published to it with no
     consumer; when its TTL expires the broker dead-letters it through the default exchange
-    straight back to the work queue. The wait costs the host nothing."""
+    straight back to the work queue. The wait costs the host nothing. A quorum work queue's
+    delay queues are quorum too, dead-lettering at least once."""
     specs: dict[str, QueueSpec] = {}
     for delay in config.retry_schedule:
         name = retry_queue_name(config, delay)
-        specs[name] = QueueSpec(
-            name,
-            {
-                "x-message-ttl": round(delay * 1000),
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": config.name,
-            },
-            (),
-        )
+        arguments: dict[str, Any] = {
+            "x-message-ttl": round(delay * 1000),
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": config.name,
+        }
+        if config.queue_type == "quorum":
+            arguments.update(QUORUM_DEAD_LETTERING)
+        specs[name] = QueueSpec(name, arguments, ())
     return list(specs.values())
+
+
+def dlq_arguments(quorum: bool) -> dict[str, Any]:
+    """A DLQ is quorum as soon as one quorum work queue dead-letters into it: a dead letter
+    must survive the loss of a node as well as the message it came from."""
+    return {"x-queue-type": "quorum"} if quorum else {}
 
 
 def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
@@ -150,10 +165,12 @@ def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
             topology.queues[spec.name] = spec
         dlq = topology.queues.setdefault(config.dlq_name, QueueSpec(config.dlq_name, {}, ()))
         binding = (config.dlx_exchange_name, "")
-        if binding not in dlq.bindings:
-            topology.queues[config.dlq_name] = QueueSpec(
-                dlq.name, dlq.arguments, (*dlq.bindings, binding)
-            )
+        quorum = bool(dlq.arguments) or config.queue_type == "quorum"
+        topology.queues[config.dlq_name] = QueueSpec(
+            dlq.name,
+            dlq_arguments(quorum),
+            dlq.bindings if binding in dlq.bindings else (*dlq.bindings, binding),
+        )
         previous = dlq_of_dlx.setdefault(config.dlx_exchange_name, (config.dlq_name, config.name))
         if previous[0] != config.dlq_name:
             logger.warning(
