@@ -489,3 +489,52 @@ async def test_drill_6_tls_a_host_with_a_client_certificate_works_one_without_fa
     assert f"localhost:{rabbit_cluster.tls_port}" in output, output[-3000:]
     assert ":guest@" not in output, "the password is masked"
     assert "Traceback" not in output, output[-3000:]
+
+
+# -- 7 ---------------------------------------------------------------------------------------
+
+
+async def test_drill_7_a_classic_queues_node_stops_the_host_backs_off_and_resumes_after(
+    rig: FaultRig, rabbit_cluster: RabbitCluster, cluster_vhost: str
+) -> None:
+    """A classic work queue lives on one node: while it is down no node can set the host
+    up again (404 "home node down"). The host must wait between rounds of attempts, not
+    reconnect in a tight loop, and resume once the node is back."""
+    total, prefetch, outage = 300, 10, 10.0
+    queues = [fault_queue(queue_type="classic", prefetch_count=prefetch)]
+    await declare_from_node_1(rig, rabbit_cluster, cluster_vhost, queues)
+    home = rabbit_cluster.queue_leader(cluster_vhost, QUEUE)
+    host = await rig.start(queues, **FAST_FAILOVER, RABBITWORKER_RECONNECT_INTERVAL_MAX="2")
+    ids = [f"d7-{i}" for i in range(total)]
+    async with AmqpClient(rabbit_cluster.amqp_url(home, cluster_vhost)) as amqp:
+        published = await publish_tasks(amqp, "work", ids, sleep=0.1)
+    await rig.wait_events("end", 50, alive=host, within=60)
+
+    fault = await inject(lambda: rabbit_cluster.stop_node(home))
+    await asyncio.sleep(outage)
+    attempts = host.log.count("lost while setting up")
+    await asyncio.to_thread(rabbit_cluster.start_node, home)
+    back = time.monotonic()
+    await wait_processed(rig, ids, within=120, alive=[host])
+    resumed = min(e["t"] for e in rig.events("start") if e["t"] >= back) - back
+    assert await host.async_stop() == 0, host.log[-3000:]
+    async with AmqpClient(rabbit_cluster.amqp_url(home, cluster_vhost)) as amqp:
+        result = await count(rig, amqp, published)
+
+    print(
+        "\n"
+        + result.line(
+            "7 (classic queue's node down 10 s)",
+            resumed,
+            set_up_attempts_while_down=attempts,
+            down_for=f"{back - fault.began:.1f} s",
+        )
+    )
+    assert not result.lost, sorted(result.lost)[:10]
+    assert result.processed == set(published)
+    assert not result.left
+    assert not result.dead
+    assert len(result.duplicates) <= prefetch
+    # Two nodes answer, neither can set up: a round of two, then 0.2, 0.4, 0.8, 1.6, 2 s...
+    assert attempts <= 30, f"{attempts} set-up attempts in {outage:g} s: a tight loop"
+    assert resumed < 10, f"processing resumed {resumed:.1f} s after the node came back"
