@@ -104,12 +104,16 @@ async def test_drill_1_the_hosts_node_stops_and_it_fails_over_to_another_node(
         result = await count(rig, amqp, published)
 
     lost_seen = fault.seen.get(f"{host.process.pid}:{LOST_CONNECTION}")
+    # The failover alone: from the host logging the lost connection to its next start.
+    after_loss = [e["t"] for e in rig.events("start") if lost_seen and e["t"] >= lost_seen]
+    failover = min(after_loss) - lost_seen if lost_seen and after_loss else None
     print(
         "\n"
         + result.line(
             "1 (host's node stops)",
             resume,
             stall=f"{stall:.2f} s",
+            failover=f"{failover:.2f} s" if failover is not None else "n/a",
             node=f"{node} -> {moved_to}",
             stop_app=f"{fault.returned - fault.began:.2f} s",
             connection_lost_after=(
