@@ -172,6 +172,7 @@ class Supervisor:
 
     async def _reconnect(self) -> None:
         wait = self._interval
+        setup_failures = 0
         while not self._stopping:
             try:
                 connection = await self.connector.connect_once()
@@ -192,6 +193,19 @@ class Supervisor:
                 self.connected.clear()
                 self.connection = None
                 self.connector.failed_over()
+                setup_failures += 1
+                # A node that takes the connection but not the set-up (a queue whose home
+                # node is down: 404; arguments that no longer match: 406) is no better
+                # than one that refuses: once every node has failed so in a row, wait as
+                # when every node refuses, instead of reconnecting in a tight loop.
+                if setup_failures % len(self.connector.nodes) == 0:
+                    logger.warning(
+                        "could not set up on any of the {} node(s); trying again in {:g} s",
+                        len(self.connector.nodes),
+                        wait,
+                    )
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, self._interval_max)
                 continue
             return
 

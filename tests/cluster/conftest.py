@@ -9,14 +9,22 @@ brought back after it. ``nox -s cluster`` (``pytest -m cluster``) runs only this
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clustertools import RabbitCluster, running_cluster
 
 HERE = Path(__file__).parent
+# --import-mode=importlib puts no test directory on sys.path: the drills use their own
+# helpers (drillkit) and the fault suite's (faultkit, FaultRig).
+for helpers in (HERE, HERE.parent / "faults"):
+    if str(helpers) not in sys.path:
+        sys.path.insert(0, str(helpers))
+
+from clustertools import RabbitCluster, running_cluster  # noqa: E402
+
 #: Per-test timeout of this suite: the first test also waits for the cluster to start, and
 #: drills (kill a node, wait for it to boot again) take tens of seconds each.
 CLUSTER_TEST_TIMEOUT = 300
