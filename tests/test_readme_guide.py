@@ -99,7 +99,7 @@ def test_the_plugin_guide_works_as_written(broker: Broker, tmp_path: Path) -> No
             host.terminate()
             host.wait(timeout=40)
     log = host_log.read_text()
-    assert "[billing.queue] received message" in log
-    assert "hello, Ada!" in log
+    assert "[billing.queue] hello, Ada!" in log
+    assert "[billing.queue] ACKed message" in log
     assert "3 passed" in outputs["pytest"]
     assert "billing.queue" in outputs["rabbitworker-host queues"]
