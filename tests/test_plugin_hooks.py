@@ -359,6 +359,7 @@ def test_the_builtins_and_the_testing_recorder_register_cleanly() -> None:
 
     assert [p.name for p in plugins.plugins] == [
         "rabbitworker.messagelog",
+        "rabbitworker.tracing",
         "rabbitworker.metrics",
         "recorder",
     ]
