@@ -71,7 +71,13 @@ def test_plugins_json_lists_the_builtin_plugins_first_and_then_the_installed_one
 ) -> None:
     names = [row["name"] for row in cli_json(run_cli("plugins", "--json", **AUTOLOAD))]
 
-    assert names == ["rabbitworker.messagelog", "analytics", "notifications", "reports"]
+    assert names == [
+        "rabbitworker.messagelog",
+        "rabbitworker.tracing",
+        "analytics",
+        "notifications",
+        "reports",
+    ]
 
 
 def test_plugins_table_shows_one_row_per_plugin_with_distribution_and_version(

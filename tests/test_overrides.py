@@ -180,6 +180,10 @@ def test_disabled_plugins_skips_the_named_installed_plugins(run_cli: RunCli) -> 
         "plugins", "--json", RABBITWORKER_DISABLED_PLUGINS="notifications,analytics", **AUTOLOAD
     )
 
-    assert [row["name"] for row in cli_json(result)] == ["rabbitworker.messagelog", "reports"]
+    assert [row["name"] for row in cli_json(result)] == [
+        "rabbitworker.messagelog",
+        "rabbitworker.tracing",
+        "reports",
+    ]
     assert "plugin 'notifications'" in result.stderr
     assert "disabled by RABBITWORKER_DISABLED_PLUGINS" in result.stderr

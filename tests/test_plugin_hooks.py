@@ -6,6 +6,7 @@ plugin stopping a real host process: test_plugin_faults.py.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from loguru import logger
 from rabbitworker import PluginHookError, QueueConfig, hookimpl, hookspecs
 from rabbitworker.errors import PluginInfo
 from rabbitworker.events import Delivery, Outcome, Settlement
-from rabbitworker.plugins import HostPlugins
+from rabbitworker.plugins import NO_CONTEXT, HostPlugins, activate, active
 from rabbitworker.scaffold import write_plugin
 from rabbitworker.settings import HostSettings
 from rabbitworker.testing import _OutcomeRecorder
@@ -190,6 +191,130 @@ def test_a_wrapper_on_a_per_message_hook_is_refused_at_load_time(style: str) -> 
     assert "tryfirst" in message
 
 
+# -- context hooks: entered around a handler call or a publish --------------------------
+
+
+class Entering:
+    """Returns a context manager from both context hooks that records what happens to it."""
+
+    def __init__(self, name: str, calls: list[str], *, fail: str | None = None) -> None:
+        self.name = name
+        self.calls = calls
+        self.fail = fail
+
+    @contextlib.contextmanager
+    def _context(self) -> Iterator[None]:
+        if self.fail == "enter":
+            raise RuntimeError("enter broke")
+        self.calls.append(f"enter {self.name}")
+        try:
+            yield
+        except BaseException as exc:
+            self.calls.append(f"exit {self.name} with {type(exc).__name__}")
+            if self.fail == "swallow":
+                return  # a context manager that would swallow the exception
+            raise
+        else:
+            self.calls.append(f"exit {self.name}")
+        if self.fail == "exit":
+            raise RuntimeError("exit broke")
+
+    @hookimpl
+    def rabbitworker_handler_context(self, delivery: Delivery) -> Any:
+        if self.fail == "call":
+            raise RuntimeError("hook broke")
+        return self._context()
+
+    @hookimpl
+    def rabbitworker_publish_context(self, headers: dict[str, Any]) -> Any:
+        headers[self.name] = "added"
+        return self._context()
+
+
+def test_context_hooks_without_implementations_cost_one_shared_nullcontext() -> None:
+    hooks = HostPlugins().message_hooks()
+
+    assert hooks.handler_context(DELIVERY) is NO_CONTEXT
+    assert hooks.publish_context("tasks", "rk", "m-1", {}) is NO_CONTEXT
+
+
+def test_context_managers_are_entered_in_pluggy_order_and_exited_in_reverse() -> None:
+    calls: list[str] = []
+    plugins = HostPlugins()
+    plugins.register(Entering("early", calls), info("early"))
+    plugins.register(Entering("later", calls), info("later"))
+
+    with plugins.message_hooks().handler_context(DELIVERY):
+        calls.append("handler")
+
+    assert calls == ["enter later", "enter early", "handler", "exit early", "exit later"]
+
+
+def test_the_handlers_exception_reaches_every_exit_and_cannot_be_swallowed() -> None:
+    calls: list[str] = []
+    plugins = HostPlugins()
+    plugins.register(Entering("swallower", calls, fail="swallow"), info("swallower"))
+    plugins.register(Entering("observer", calls), info("observer"))
+
+    contexts = plugins.message_hooks().handler_context(DELIVERY)
+    with pytest.raises(ValueError, match="handler broke"), contexts:
+        raise ValueError("handler broke")
+
+    assert calls[2:] == ["exit swallower with ValueError", "exit observer with ValueError"]
+
+
+@pytest.mark.parametrize("where", ["call", "enter", "exit"])
+def test_a_raising_context_hook_is_logged_naming_its_plugin_and_the_others_still_run(
+    where: str,
+) -> None:
+    calls: list[str] = []
+    plugins = HostPlugins()
+    plugins.register(Entering("healthy", calls), info("healthy"))
+    plugins.register(Entering("faulty", calls, fail=where), info("faulty"))
+    lines: list[str] = []
+    sink = logger.add(lines.append, format="{message}")
+
+    try:
+        with plugins.message_hooks().handler_context(DELIVERY):
+            calls.append("handler")
+    finally:
+        logger.remove(sink)
+
+    assert [c for c in calls if "healthy" in c or c == "handler"] == [
+        "enter healthy",
+        "handler",
+        "exit healthy",
+    ]
+    assert any(
+        info("faulty").describe() in line and "rabbitworker_handler_context" in line
+        for line in lines
+    )
+
+
+def test_a_publish_context_may_add_headers_before_the_message_is_sent() -> None:
+    calls: list[str] = []
+    plugins = HostPlugins()
+    plugins.register(Entering("tracer", calls), info("tracer"))
+    headers: dict[str, Any] = {"kept": 1}
+
+    with plugins.message_hooks().publish_context("tasks", "rk", "m-1", headers):
+        calls.append("publish")
+
+    assert headers == {"kept": 1, "tracer": "added"}
+    assert calls == ["enter tracer", "publish", "exit tracer"]
+
+
+def test_outside_a_host_publishes_go_through_the_builtins_and_a_host_replaces_them() -> None:
+    previous = activate(None)
+    try:
+        assert [p.name for p in active().plugins][:1] == ["rabbitworker.messagelog"]
+        mine = HostPlugins()
+        activate(mine)
+        assert active() is mine
+    finally:
+        activate(previous)
+
+
 # -- async def where the host does not await -----------------------------------------------
 
 
@@ -209,11 +334,23 @@ async def consumer_changed(queue: str, consuming: bool, detail: str) -> None:
     pass
 
 
+async def handler_context(delivery: Delivery) -> None:
+    pass
+
+
+async def publish_context(
+    exchange: str, routing_key: str, message_id: str, headers: dict[str, Any]
+) -> None:
+    pass
+
+
 ASYNC_REFUSED = {
     "rabbitworker_message_received": received,
     "rabbitworker_message_settled": settled,
     "rabbitworker_connection_changed": connection_changed,
     "rabbitworker_consumer_changed": consumer_changed,
+    "rabbitworker_handler_context": handler_context,
+    "rabbitworker_publish_context": publish_context,
 }
 
 
@@ -359,6 +496,7 @@ def test_the_builtins_and_the_testing_recorder_register_cleanly() -> None:
 
     assert [p.name for p in plugins.plugins] == [
         "rabbitworker.messagelog",
+        "rabbitworker.tracing",
         "rabbitworker.metrics",
         "recorder",
     ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from rabbitworker.context import TaskContext, _current
 from rabbitworker.events import DeadLetterReason, Delivery, Settlement
 from rabbitworker.handlers import Invoker, RunSlot, current_run
 from rabbitworker.ledger import Ledger, NoteKind, message_key
-from rabbitworker.plugins import HostPlugins
+from rabbitworker.plugins import NO_CONTEXT, HostPlugins
 from rabbitworker.policy import (
     HEADER_ATTEMPT,
     HEADER_DELIVERY_COUNT,
@@ -476,9 +477,14 @@ class QueueConsumer:
             self._watchdog = asyncio.get_running_loop().create_task(
                 self._enforce_timeouts(), name=f"rabbitworker-timeouts-{self.config.name}"
             )
+        contexts = self._hooks.handler_context(delivery)
         outcome: HandlerOutcome
         try:
-            outcome = Returned(await self._invokers[task_name](body))
+            with contexts:
+                if contexts is not NO_CONTEXT:
+                    # Taken before the handler changes anything: its copy is published in it.
+                    delivery.context = contextvars.copy_context()
+                outcome = Returned(await self._invokers[task_name](body))
         except asyncio.CancelledError:
             if run.why is None:
                 raise

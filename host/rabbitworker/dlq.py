@@ -3,7 +3,9 @@
 Reading takes messages with ``basic.get`` without acking and then returns them all at once
 (``nack`` with requeue), which RabbitMQ puts back in their original positions: showing a
 DLQ leaves it exactly as it was. A replayed message leaves the DLQ only after the broker
-confirmed its republish to the queue it came from.
+confirmed its republish to the queue it came from; the republish goes through the
+``rabbitworker_publish_context`` hooks like every other publish (the tracing plugin
+continues the dead letter's trace).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+from rabbitworker import plugins
 from rabbitworker.errors import PublishError
 from rabbitworker.policy import (
     FAILURE_HEADERS,
@@ -194,25 +197,31 @@ async def _republish(
     headers = {k: v for k, v in (message.headers or {}).items() if k not in FAILURE_HEADERS}
     # Not message.routing_key: that is the key the message was first published with.
     headers["x-rabbitworker-replayed-from"] = dlq
-    copy = aio_pika.Message(
-        message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        # aiormq matches a returned (unroutable) message to its publish by message id.
-        message_id=message.message_id or uuid.uuid4().hex,
-        correlation_id=message.correlation_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-    )
-    try:
-        await channel.default_exchange.publish(copy, routing_key=to, mandatory=True)
-    except aio_pika.exceptions.PublishError as exc:
-        raise PublishError(f"queue {to!r} does not exist (unroutable); left in the DLQ") from exc
-    except aio_pika.exceptions.DeliveryError as exc:
-        raise PublishError(f"the broker refused the republish to {to!r}; left in the DLQ") from exc
+    # aiormq matches a returned (unroutable) message to its publish by message id.
+    message_id = message.message_id or uuid.uuid4().hex
+    with plugins.active().message_hooks().publish_context("", to, message_id, headers):
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            correlation_id=message.correlation_id,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+        )
+        try:
+            await channel.default_exchange.publish(copy, routing_key=to, mandatory=True)
+        except aio_pika.exceptions.PublishError as exc:
+            raise PublishError(
+                f"queue {to!r} does not exist (unroutable); left in the DLQ"
+            ) from exc
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise PublishError(
+                f"the broker refused the republish to {to!r}; left in the DLQ"
+            ) from exc
 
 
 async def purge(amqp_url: str, dlq: str) -> int:

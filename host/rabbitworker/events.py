@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -45,6 +46,11 @@ class Delivery:
     """A message delivered to one of the host's queues.
 
     ``attempt`` counts tries of this message (1 the first time, 2 on the first retry).
+
+    ``context`` is the ``contextvars`` context its handler ran in, with what the
+    ``rabbitworker_handler_context`` hooks made current; the host publishes the message's
+    retry or dead-letter copy in it. ``None`` when no plugin implements that hook, or when
+    no handler ran.
     """
 
     queue: str
@@ -53,6 +59,7 @@ class Delivery:
     redelivered: bool
     headers: dict[str, Any]
     attempt: int = 1
+    context: contextvars.Context | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -5,7 +5,7 @@ group. It only has to implement :func:`rabbitworker_queues`; every other hook is
 Hooks are called synchronously; the lifecycle hooks may return an awaitable (or be an
 ``async def``), which the host awaits.
 
-Hooks are grouped by phase: configuration, lifecycle, then per message.
+Hooks are grouped by phase: configuration, lifecycle, per message, then per publish.
 
 What the host checks when it loads a plugin (each refusal is a
 :class:`~rabbitworker.PluginHookError` naming the plugin and what to change):
@@ -16,18 +16,21 @@ What the host checks when it loads a plugin (each refusal is a
 - no implementation is a wrapper (``hookwrapper=True`` or ``wrapper=True``): the host calls
   each implementation itself, so that one that raises is attributed to its plugin and does
   not stop the others. Order implementations with ``tryfirst=True`` / ``trylast=True``;
-- the hooks called on the event loop without being awaited (the connection, consumer and
-  per-message hooks) are plain ``def``: an ``async def`` there would never run.
+- the hooks called on the event loop without being awaited (the connection, consumer,
+  per-message and publish hooks) are plain ``def``: an ``async def`` there would never run.
 
 Order: :func:`rabbitworker_queues` and :func:`rabbitworker_startup` run in load order
 (built-ins, entry points by name, ``RABBITWORKER_PLUGINS``), :func:`rabbitworker_shutdown`
 in reverse. The other hooks run in pluggy's order: ``tryfirst`` implementations first, then
-the most recently loaded plugin first, ``trylast`` last.
+the most recently loaded plugin first, ``trylast`` last. The context managers that the
+context hooks return are entered in that order (the first is the outermost) and exited in
+reverse.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -141,4 +144,60 @@ def rabbitworker_message_settled(delivery: Delivery, outcome: Outcome) -> None:
     Called on the event loop for every message after the broker was told, not awaited: a
     plain ``def`` (an ``async def`` is refused when the plugin is loaded); keep it cheap.
     A hook that raises is logged; the others still run. Wrappers are refused (see above).
+    """
+
+
+@hookspec
+def rabbitworker_handler_context(delivery: Delivery) -> AbstractContextManager[object] | None:
+    """Wrap the call of a message's handler: return a context manager, or ``None``.
+
+    :param delivery: the message about to be handled (its ``task`` is known).
+    :returns: ``None``, or a context manager the host enters just before it calls the
+        handler and exits when the handler ended.
+
+    Called on the event loop for every message that reaches a handler, not awaited: a plain
+    ``def`` (an ``async def`` is refused when the plugin is loaded); keep it cheap.
+
+    The context manager is entered and exited in the handler's own task, so whatever it
+    makes current (a ``contextvars.ContextVar``, an OpenTelemetry span) is current inside an
+    ``async`` handler and, through the copied context, inside a plain ``def`` handler's
+    thread. The message's retry or dead-letter copy is published in that same context (see
+    :attr:`Delivery.context <rabbitworker.events.Delivery.context>`). The handler's
+    exception, if any (also the cancellation of a handler that timed out), reaches its
+    ``__exit__``; what ``__exit__`` returns is ignored: it cannot swallow the exception.
+
+    A hook, ``__enter__`` or ``__exit__`` that raises is logged with its plugin; the handler
+    and the other plugins' context managers still run. Wrappers are refused (see above).
+    """
+
+
+# -- per publish ---------------------------------------------------------------------------
+
+
+@hookspec
+def rabbitworker_publish_context(
+    exchange: str, routing_key: str, message_id: str, headers: dict[str, object]
+) -> AbstractContextManager[object] | None:
+    """Wrap one publish: return a context manager, or ``None``.
+
+    :param exchange: the exchange it goes to (``""``: the default exchange).
+    :param routing_key: its routing key (on the default exchange: the queue's name).
+    :param message_id: its AMQP ``message_id``.
+    :param headers: its AMQP headers. Entries added here (when the hook is called, or when
+        its context manager is entered) are sent with the message.
+    :returns: ``None``, or a context manager the host enters just before the message is sent
+        and exits once the broker confirmed it, or with the exception that ended the publish.
+
+    Called for every message the host publishes: ``publish_task`` and
+    ``publish_task_sync``, ``rabbitworker-host publish``, retry and dead-letter copies
+    (published in the context their handler ran in), ``dlq replay``, and the host's notes
+    in its redelivery ledger. Outside a running
+    host (a script calling ``publish_task``, a CLI command), the host's built-in plugins'
+    implementations are called.
+
+    Called on the event loop, not awaited: a plain ``def`` (an ``async def`` is refused when
+    the plugin is loaded); keep it cheap. What ``__exit__`` returns is ignored: it cannot
+    swallow the publish's exception. A hook, ``__enter__`` or ``__exit__`` that raises is
+    logged with its plugin; the publish and the other plugins' context managers still go
+    on. Wrappers are refused (see above).
     """

@@ -20,7 +20,7 @@ from rabbitworker.broker import CONNECT_ERRORS, Connector, Supervisor, closed_re
 from rabbitworker.consumer import QueueConsumer
 from rabbitworker.handlers import bind_loop_thread
 from rabbitworker.ledger import Ledger, NoteKind
-from rabbitworker.plugins import HostPlugins, QueueRegistration
+from rabbitworker.plugins import HostPlugins, QueueRegistration, activate
 from rabbitworker.publish import ConfirmingPublisher, close_publishers
 from rabbitworker.settings import HostSettings
 from rabbitworker.settler import Settler
@@ -64,7 +64,9 @@ class WorkerHost:
             reconnect_interval_max=settings.reconnect_interval_max,
         )
         self._copies = ConfirmingPublisher(
-            self._connector("rabbitworker-host copies"), timeout=settings.publish_timeout
+            self._connector("rabbitworker-host copies"),
+            timeout=settings.publish_timeout,
+            hooks=plugins.message_hooks(),
         )
         self.ledger = Ledger(self._copies, timeout=settings.publish_timeout)
         self._first_up = True
@@ -121,18 +123,23 @@ class WorkerHost:
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
         executor = self._executor = self._thread_pool()
         self.consumers = [self._consumer(registration) for registration in self.registrations]
-        await self.plugins.startup(self.settings)
+        # publish_task in handlers (and anything else in this process) goes through our plugins.
+        previous = activate(self.plugins)
         try:
-            await self._supervisor.start()
-            logger.info("consuming from {} queue(s)", len(self.consumers))
-            self.started.set()
-            await self._stop.wait()
-            await self._drain()
+            await self.plugins.startup(self.settings)
+            try:
+                await self._supervisor.start()
+                logger.info("consuming from {} queue(s)", len(self.consumers))
+                self.started.set()
+                await self._stop.wait()
+                await self._drain()
+            finally:
+                await self._close()
+                await self.plugins.shutdown(self.settings)
+                if executor is not None:
+                    executor.shutdown(wait=False, cancel_futures=True)
         finally:
-            await self._close()
-            await self.plugins.shutdown(self.settings)
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
+            activate(previous)
 
     def _thread_pool(self) -> ThreadPoolExecutor | None:
         # Each queue holds at most prefetch_count slots, a timed-out thread included, so

@@ -7,11 +7,14 @@ remembered with the plugin that contributed it, so every error can name its owne
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points, packages_distributions, version
+from types import TracebackType
 from typing import Any
 
 import pluggy
@@ -34,6 +37,9 @@ ENTRY_POINT_GROUP = "rabbitworker.queues"
 #: The host's own features, registered first, on the same hooks as third-party plugins.
 BUILTIN_PLUGINS = ("rabbitworker.messagelog",)
 
+#: Built-ins registered only when what they need is importable: (module, the module needed).
+OPTIONAL_BUILTIN_PLUGINS = (("rabbitworker.tracing", "opentelemetry.trace"),)
+
 
 #: Every hook name in the spec module.
 HOOK_NAMES = frozenset(name for name in vars(hookspecs) if name.startswith("rabbitworker_"))
@@ -45,6 +51,8 @@ SYNC_HOOKS = {
     "rabbitworker_message_settled": "every message",
     "rabbitworker_connection_changed": "every change of the broker connection",
     "rabbitworker_consumer_changed": "every queue that starts or stops being consumed",
+    "rabbitworker_handler_context": "every message",
+    "rabbitworker_publish_context": "every publish",
 }
 
 #: (the plugin as errors name it, the implementation called with the hook's arguments).
@@ -52,16 +60,26 @@ Caller = tuple[str, Callable[..., Any]]
 
 
 class MessageHooks:
-    """``rabbitworker_message_received`` / ``_settled``, called for every message.
+    """The hooks called for every message and every publish: ``rabbitworker_message_received``
+    / ``_settled``, ``rabbitworker_handler_context`` and ``rabbitworker_publish_context``.
 
     The implementations are looked up once, in pluggy's call order (``tryfirst`` /
     ``trylast`` honoured), and called directly, which costs a fraction of a pluggy hook
-    call; one that raises is logged and the others still run.
+    call; one that raises is logged and the others still run. With no implementation, a
+    context hook costs one shared ``nullcontext``.
     """
 
-    def __init__(self, received: list[Caller], settled: list[Caller]) -> None:
+    def __init__(
+        self,
+        received: list[Caller],
+        settled: list[Caller],
+        handler_context: list[Caller] | None = None,
+        publish_context: list[Caller] | None = None,
+    ) -> None:
         self._received = received
         self._settled = settled
+        self._handler_context = handler_context or []
+        self._publish_context = publish_context or []
 
     def received(self, delivery: Delivery) -> None:
         for plugin, function in self._received:
@@ -76,6 +94,68 @@ class MessageHooks:
                 function(delivery, outcome)
             except Exception:
                 logger.exception("plugin {}: rabbitworker_message_settled raised", plugin)
+
+    def handler_context(self, delivery: Delivery) -> contextlib.AbstractContextManager[None]:
+        """What to enter around the call of ``delivery``'s handler (in its task)."""
+        if not self._handler_context:
+            return NO_CONTEXT
+        return _Contexts("rabbitworker_handler_context", self._handler_context, (delivery,))
+
+    def publish_context(
+        self, exchange: str, routing_key: str, message_id: str, headers: dict[str, Any]
+    ) -> contextlib.AbstractContextManager[None]:
+        """What to enter around one publish, until its confirm; may add to ``headers``."""
+        if not self._publish_context:
+            return NO_CONTEXT
+        return _Contexts(
+            "rabbitworker_publish_context",
+            self._publish_context,
+            (exchange, routing_key, message_id, headers),
+        )
+
+
+#: What the context hooks give when no plugin implements them (reusable, costs nothing).
+NO_CONTEXT: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
+
+class _Contexts:
+    """The context managers a context hook's implementations returned, as one: entered in
+    call order, exited in reverse, each failure logged with its plugin and none able to
+    stop the others or to swallow the exception of the block they wrap."""
+
+    __slots__ = ("_arguments", "_callers", "_entered", "_hook")
+
+    def __init__(self, hook: str, callers: list[Caller], arguments: tuple[Any, ...]) -> None:
+        self._hook = hook
+        self._callers = callers
+        self._arguments = arguments
+        self._entered: list[tuple[str, Any]] = []
+
+    def __enter__(self) -> None:
+        for plugin, function in self._callers:
+            try:
+                manager = function(*self._arguments)
+                if manager is None:
+                    continue
+                type(manager).__enter__(manager)
+            except Exception:
+                logger.exception("plugin {}: {} raised", plugin, self._hook)
+                continue
+            self._entered.append((plugin, manager))
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        while self._entered:
+            plugin, manager = self._entered.pop()
+            try:
+                type(manager).__exit__(manager, kind, error, traceback)
+            except Exception as exc:
+                if exc is not error:
+                    logger.exception("plugin {}: {} raised on exit", plugin, self._hook)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +175,7 @@ class HostPlugins:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self._info: dict[str, PluginInfo] = {}
+        self._message_hooks: MessageHooks | None = None
 
     @classmethod
     def load(cls, settings: HostSettings) -> HostPlugins:
@@ -169,9 +250,20 @@ class HostPlugins:
             plugins.register(plugin, info)
         return plugins
 
+    @classmethod
+    def builtins(cls) -> HostPlugins:
+        """The host's built-in plugins only (what a plain script's publishes go through)."""
+        plugins = cls()
+        plugins._register_builtins()
+        return plugins
+
     def _register_builtins(self) -> None:
         host_version = _dist_version("rabbitworker-host")
-        for module_name in BUILTIN_PLUGINS:
+        modules = [*BUILTIN_PLUGINS]
+        for module_name, needs in OPTIONAL_BUILTIN_PLUGINS:
+            if _importable(needs):
+                modules.append(module_name)
+        for module_name in modules:
             info = PluginInfo(
                 name=module_name,
                 distribution="rabbitworker-host",
@@ -206,6 +298,7 @@ class HostPlugins:
             self._pm.unregister(plugin)
             raise PluginHookError(info, *problem)
         self._info[info.name] = info
+        self._message_hooks = None
 
     def _hook_problem(self, plugin: object) -> tuple[str, str] | None:
         """What is wrong with a just-registered plugin's hooks: (hook, problem), or None."""
@@ -349,11 +442,20 @@ class HostPlugins:
                 logger.exception("plugin {}: {} raised", plugin, hook_name)
 
     def message_hooks(self) -> MessageHooks:
-        """The per-message hooks, resolved once for the hot path (see :class:`MessageHooks`)."""
-        return MessageHooks(
-            self._callers("rabbitworker_message_received", ("delivery",)),
-            self._callers("rabbitworker_message_settled", ("delivery", "outcome")),
-        )
+        """The per-message and publish hooks, resolved once for the hot path (see
+        :class:`MessageHooks`); resolved again after a plugin is registered."""
+        hooks = self._message_hooks
+        if hooks is None:
+            hooks = self._message_hooks = MessageHooks(
+                self._callers("rabbitworker_message_received", ("delivery",)),
+                self._callers("rabbitworker_message_settled", ("delivery", "outcome")),
+                self._callers("rabbitworker_handler_context", ("delivery",)),
+                self._callers(
+                    "rabbitworker_publish_context",
+                    ("exchange", "routing_key", "message_id", "headers"),
+                ),
+            )
+        return hooks
 
     def _callers(self, hook_name: str, parameters: tuple[str, ...]) -> list[Caller]:
         """A hook's implementations in pluggy's call order, each taking ``parameters``
@@ -381,6 +483,36 @@ class HostPlugins:
         order = {name: index for index, name in enumerate(self._info)}
         impls = getattr(self._pm.hook, hook_name).get_hookimpls()
         return sorted(impls, key=lambda impl: order[impl.plugin_name])
+
+
+#: The plugins of the host running in this process (see :func:`active`).
+_active: HostPlugins | None = None
+
+
+def active() -> HostPlugins:
+    """The plugins that publishes made outside a host's own publisher go through
+    (``publish_task``, ``rabbitworker-host publish``, ``dlq replay``): those of the host
+    running in this process, else (a plain script, a CLI command) the built-ins, loaded on
+    first use."""
+    global _active
+    if _active is None:
+        _active = HostPlugins.builtins()
+    return _active
+
+
+def activate(plugins: HostPlugins | None) -> HostPlugins | None:
+    """Make ``plugins`` the :func:`active` ones (a host does at start, and gives back the
+    previous ones when it stops; ``None``: the built-ins again); returns the previous."""
+    global _active
+    previous, _active = _active, plugins
+    return previous
+
+
+def _importable(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def discover_entry_points() -> list[EntryPoint]:

@@ -7,7 +7,8 @@ one of two kinds of error, so a caller knows whether a retry is safe:
 exchange, or never written before the deadline) and
 :class:`~rabbitworker.errors.PublishUncertainError` (written, but the confirm was lost).
 Inside its one deadline a publisher rides out a lost connection by failing over and
-publishing again: at least once, never zero times.
+publishing again: at least once, never zero times. Every publish is wrapped in the
+``rabbitworker_publish_context`` hooks (the tracing plugin's PRODUCER span).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection
 from loguru import logger
 from pamqp.commands import Basic
 
+from rabbitworker import plugins
 from rabbitworker.broker import Connector
 from rabbitworker.errors import (
     BrokerConnectionError,
@@ -85,11 +87,22 @@ class ConfirmingPublisher:
     Concurrent publishes pipeline their confirms on the one channel. Two publishes with the
     same message id are never in flight at once: a returned (unroutable) message is matched
     to its publish by id, so that keeps every caller's answer its own.
+
+    :param hooks: whose ``rabbitworker_publish_context`` wraps each publish (the host's
+        copies: the host's plugins); by default the :func:`~rabbitworker.plugins.active`
+        plugins at the time of the publish.
     """
 
-    def __init__(self, connector: Connector, *, timeout: float) -> None:
+    def __init__(
+        self,
+        connector: Connector,
+        *,
+        timeout: float,
+        hooks: plugins.MessageHooks | None = None,
+    ) -> None:
         self.connector = connector
         self.timeout = timeout
+        self._hooks = hooks
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._lock = asyncio.Lock()
@@ -120,6 +133,22 @@ class ConfirmingPublisher:
         if not properties.message_id:
             properties.message_id = uuid.uuid4().hex
         message_id = properties.message_id
+        headers = properties.headers if properties.headers is not None else {}
+        hooks = self._hooks or plugins.active().message_hooks()
+        with hooks.publish_context(exchange, routing_key, message_id, headers):
+            if headers and properties.headers is None:
+                properties.headers = headers
+            await self._publish(body, exchange, routing_key, properties, message_id, timeout)
+
+    async def _publish(
+        self,
+        body: bytes,
+        exchange: str,
+        routing_key: str,
+        properties: Basic.Properties,
+        message_id: str,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> None:
         deadline = self.timeout if timeout is None else timeout
         where = f"{exchange!r}/{routing_key!r}"
         maybe_stored = False
@@ -279,7 +308,8 @@ def task_properties(
         delivery_mode=PERSISTENT,
         message_id=message_id or uuid.uuid4().hex,
         timestamp=datetime.now(UTC),
-        headers=headers or None,
+        # A copy: publish hooks may add headers, and the caller's dict stays as it was.
+        headers=dict(headers) if headers else None,
         priority=priority,
     )
 

@@ -166,7 +166,11 @@ class Settler:
         # channel closing) must not cut it off half way: wait for it regardless.
         self._copying += 1
         try:
-            stored = await asyncio.shield(self._store_copy(message, delivery, decision))
+            storing = self._store_copy(message, delivery, decision)
+            # In the context the handler ran in, so the publish hooks see what the handler
+            # hooks made current (the tracing plugin: the copy's parent span).
+            copy = asyncio.get_running_loop().create_task(storing, context=delivery.context)
+            stored = await asyncio.shield(copy)
         finally:
             self._copying -= 1
         if stored == "stored":
