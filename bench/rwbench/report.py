@@ -94,7 +94,15 @@ def machine_description(load_at_start: str) -> list[str]:
                 break
     packages = ", ".join(
         f"{name} {package_version(name)}"
-        for name in ("rabbitworker-host", "aio-pika", "aiormq", "faststream", "orjson", "loguru")
+        for name in (
+            "rabbitworker-host",
+            "aio-pika",
+            "aiormq",
+            "faststream",
+            "uvloop",
+            "orjson",
+            "loguru",
+        )
     )
     return [
         f"- machine: {os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} "
