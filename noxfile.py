@@ -48,7 +48,7 @@ def bench(session: nox.Session) -> None:
     """Benchmark the host against raw aio-pika and FastStream (needs RabbitMQ + management API).
 
     Not part of the test suite. `nox -s bench -- --quick` finishes in about two minutes;
-    without it, about twelve. The host is installed with its uvloop extra (the prefetch-100
+    without it, about fifteen. The host is installed with its uvloop extra (the prefetch-100
     block has a row on asyncio's loop beside it); the bundled plugins are installed when
     present, for the start-up row. Arguments go to bench/run.py: `nox -s bench -- --help`.
     """
