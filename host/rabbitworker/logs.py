@@ -9,7 +9,6 @@ import asyncio
 import logging
 import sys
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -107,7 +106,7 @@ class FastLines:
     through loguru as before.
     """
 
-    __slots__ = ("_buffer", "_json", "_scheduled", "_second", "_stamp", "min_level")
+    __slots__ = ("_buffer", "_json", "_offset", "_scheduled", "_second", "_stamp", "min_level")
 
     def __init__(self, min_level: int, json: bool) -> None:
         self.min_level = min_level
@@ -116,23 +115,33 @@ class FastLines:
         self._scheduled = False
         self._second = -1
         self._stamp = ""
+        self._offset = ""
 
     def enabled(self, level: int) -> bool:
         return level >= self.min_level
 
-    def _time(self) -> str:
-        now = time.time()
+    def _time(self, now: float) -> str:
+        """``2026-12-01 11:20:01.123`` (text) or ISO 8601 with the offset (JSON); the
+        formatting of the second is done once per second."""
         second = int(now)
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            local = time.localtime(second)
+            if self._json:
+                offset = time.strftime("%z", local)
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+                self._offset = f"{offset[:3]}:{offset[3:]}"
+            else:
+                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", local)
+        if self._json:
+            return f"{self._stamp}.{int((now - second) * 1_000_000):06d}{self._offset}"
         return f"{self._stamp}.{int((now - second) * 1000):03d}"
 
     def write(self, level: str, text: str, fields: dict[str, object]) -> None:
         """Queue one line (``level`` is its name, e.g. ``INFO``)."""
         if self._json:
             data: dict[str, object] = {
-                "time": datetime.now().astimezone().isoformat(),
+                "time": self._time(time.time()),
                 "level": level,
                 "message": text,
                 "logger": "rabbitworker.messagelog",
@@ -140,7 +149,7 @@ class FastLines:
             data.update(fields)
             line = orjson.dumps(data, default=str).decode() + "\n"
         else:
-            line = f"{self._time()} | {level: <8} | {text}\n"
+            line = f"{self._time(time.time())} | {level: <8} | {text}\n"
         self._buffer.append(line)
         if not self._scheduled:
             try:

@@ -106,7 +106,7 @@ class ConfirmingPublisher:
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._lock = asyncio.Lock()
-        self._ids: dict[str, asyncio.Event] = {}
+        self._ids: dict[str, asyncio.Event | None] = {}
         self._closed = False
 
     @property
@@ -227,14 +227,18 @@ class ConfirmingPublisher:
             ) from exc
 
     async def _take_turn(self, message_id: str) -> None:
-        while (busy := self._ids.get(message_id)) is not None:
-            await busy.wait()
-        self._ids[message_id] = asyncio.Event()
+        # The event exists only once a second publish of the same id waits (rare).
+        while message_id in self._ids:
+            waiting = self._ids[message_id]
+            if waiting is None:
+                waiting = self._ids[message_id] = asyncio.Event()
+            await waiting.wait()
+        self._ids[message_id] = None
 
     def _end_turn(self, message_id: str) -> None:
-        done = self._ids.pop(message_id, None)
-        if done is not None:
-            done.set()
+        waiting = self._ids.pop(message_id, None)
+        if waiting is not None:
+            waiting.set()
 
     def _forget(self, channel: AbstractChannel) -> None:
         if self._channel is channel:

@@ -238,8 +238,10 @@ class Settler:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            # Let every handler that finishes in this iteration join the same frames.
-            await asyncio.sleep(0)
+            if self.config.prefetch_count > 1:
+                # Let every handler that finishes in this iteration join the same frames
+                # (with one message at a time there is nothing to join: ack at once).
+                await asyncio.sleep(0)
             await self.flush()
 
     async def flush(self) -> None:
