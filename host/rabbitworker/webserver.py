@@ -48,6 +48,8 @@ def server_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
         access_log=False,
         lifespan="off",
         server_header=False,
+        # Live-update streams never end by themselves: give them a moment, then close.
+        timeout_graceful_shutdown=3,
     )
 
 
