@@ -8,7 +8,7 @@ import pytest
 
 from rabbitworker import hookspecs
 from rabbitworker.cli import main
-from rabbitworker.settings import HostSettings
+from rabbitworker.settings import ConsoleSettings, HostSettings
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 HOOKS = [name for name in dir(hookspecs) if name.startswith("rabbitworker_")]
@@ -18,6 +18,14 @@ HOOKS = [name for name in dir(hookspecs) if name.startswith("rabbitworker_")]
 def test_every_setting_is_documented_in_the_readme_and_has_a_description(field: str) -> None:
     assert f"`RABBITWORKER_{field.upper()}`" in README
     assert HostSettings.model_fields[field].description
+
+
+@pytest.mark.parametrize("field", sorted(ConsoleSettings.model_fields))
+def test_every_console_setting_is_documented_in_the_readme_and_has_a_description(
+    field: str,
+) -> None:
+    assert f"`RABBITWORKER_{field.upper()}`" in README
+    assert ConsoleSettings.model_fields[field].description
 
 
 @pytest.mark.parametrize("hook", HOOKS)

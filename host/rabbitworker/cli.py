@@ -624,6 +624,45 @@ def asyncapi(fmt: str) -> None:
         _echo_json(data)
 
 
+@main.command()
+@click.option("--host", help="Address to bind (default RABBITWORKER_CONSOLE_HOST, 127.0.0.1).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="Port to serve on (default RABBITWORKER_CONSOLE_PORT, 9300).",
+)
+def console(host: str | None, port: int | None) -> None:
+    """Serve the web console: queues, dead letters (browse, filter, replay, edit, purge),
+    the topology, live.
+
+    Needs only AMQP and the management API (RABBITWORKER_MANAGEMENT_URL). Binds 127.0.0.1
+    unless told otherwise; any other address is refused (exit 3) without
+    RABBITWORKER_CONSOLE_TOKEN, which, when set, every request must carry.
+    """
+    from rabbitworker.console.server import ConsoleRefusedError, check_binding, serve
+    from rabbitworker.settings import ConsoleSettings
+
+    settings = _settings()
+    overrides = {
+        name: value
+        for name, value in (("console_host", host), ("console_port", port))
+        if value is not None
+    }
+    try:
+        console_settings = ConsoleSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        _fail(f"invalid setting: {describe_errors(exc)}", EXIT_CONFIG)
+    try:
+        check_binding(console_settings)
+    except ConsoleRefusedError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    _, registrations = _guarded(lambda: _load(settings))
+    try:
+        asyncio.run(serve(settings, console_settings, registrations))
+    except OSError as exc:
+        _fail(f"cannot serve the console: {exc}", EXIT_ERROR)
+
+
 @main.command("new-plugin")
 @click.argument("name")
 @click.option(

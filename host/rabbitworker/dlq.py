@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -154,20 +154,26 @@ async def replay(
     task: str | None = None,
     queue: str | None = None,
     limit: int | None = None,
+    select: Callable[[DeadLetter], bool] | None = None,
+    bodies: Mapping[str, bytes] | None = None,
 ) -> ReplayReport:
     """Send dead letters back to the queue each came from, optionally only those of one
-    ``task`` or source ``queue``, at most ``limit``. A message leaves the DLQ only after its
-    republish is confirmed; one that cannot be routed stays where it was."""
+    ``task`` or source ``queue`` and for which ``select`` is true, at most ``limit``. A
+    message leaves the DLQ only after its republish is confirmed; one that cannot be routed
+    stays where it was. ``bodies`` replaces the body of the messages with those ids (an
+    edited payload); the rest are sent as they are."""
     report = ReplayReport()
     # Without filters, the first `limit` messages are all there is to look at.
-    borrow = limit if task is None and queue is None else None
+    borrow = limit if task is None and queue is None and select is None else None
     async with _borrowed(amqp_url, dlq, borrow) as (connection, _, messages):
         confirming = await connection.channel(publisher_confirms=True, on_return_raises=True)
         try:
             for message in messages:
                 letter = DeadLetter.from_message(0, message)
-                wanted = (task is None or letter.task == task) and (
-                    queue is None or letter.source_queue == queue
+                wanted = (
+                    (task is None or letter.task == task)
+                    and (queue is None or letter.source_queue == queue)
+                    and (select is None or select(letter))
                 )
                 if not wanted or (limit is not None and report.replayed >= limit):
                     report.skipped += 1
@@ -178,8 +184,9 @@ async def replay(
                         f"message {letter.message_id}: no header names its source queue"
                     )
                     continue
+                body = (bodies or {}).get(letter.message_id or "")
                 try:
-                    await _republish(confirming, message, letter.source_queue, dlq)
+                    await _republish(confirming, message, letter.source_queue, dlq, body)
                 except PublishError as exc:
                     report.failed += 1
                     report.problems.append(f"message {letter.message_id}: {exc}")
@@ -192,7 +199,11 @@ async def replay(
 
 
 async def _republish(
-    channel: AbstractChannel, message: AbstractIncomingMessage, to: str, dlq: str
+    channel: AbstractChannel,
+    message: AbstractIncomingMessage,
+    to: str,
+    dlq: str,
+    body: bytes | None = None,
 ) -> None:
     headers = {k: v for k, v in (message.headers or {}).items() if k not in FAILURE_HEADERS}
     # Not message.routing_key: that is the key the message was first published with.
@@ -201,7 +212,7 @@ async def _republish(
     message_id = message.message_id or uuid.uuid4().hex
     with plugins.active().message_hooks().publish_context("", to, message_id, headers):
         copy = aio_pika.Message(
-            message.body,
+            message.body if body is None else body,
             headers=headers,
             content_type=message.content_type,
             content_encoding=message.content_encoding,

@@ -17,10 +17,15 @@ from typing import Any
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from rabbitworker.events import Delivery, Outcome, Settlement
 from rabbitworker.hookspecs import hookimpl
 from rabbitworker.settings import HostSettings
+from rabbitworker.webserver import RunningServer, start_server
 
 #: The event loop counts as unresponsive when its heartbeat is this late (seconds).
 LOOP_STALL_LIMIT = 5.0
@@ -94,7 +99,7 @@ class MetricsPlugin:
         self.connected = False
         self.consuming: dict[str, bool] = {}
         self._cache: dict[tuple[str, str], _Children] = {}
-        self._server: asyncio.Server | None = None
+        self._server: RunningServer | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._last_beat = time.monotonic()
 
@@ -111,13 +116,12 @@ class MetricsPlugin:
     @hookimpl
     async def rabbitworker_startup(self, settings: HostSettings) -> None:
         assert settings.metrics_port is not None
-        self._server = await asyncio.start_server(
-            self._serve, settings.metrics_host, settings.metrics_port
-        )
+        self._server = await start_server(self.app(), settings.metrics_host, settings.metrics_port)
         self._heartbeat_task = asyncio.create_task(self._heartbeat())
-        port = self._server.sockets[0].getsockname()[1]
         logger.info(
-            "metrics on http://{}:{}/metrics (also /healthz, /readyz)", settings.metrics_host, port
+            "metrics on http://{}:{}/metrics (also /healthz, /readyz)",
+            settings.metrics_host,
+            self._server.port,
         )
 
     @hookimpl
@@ -125,8 +129,7 @@ class MetricsPlugin:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+            await self._server.stop()
 
     @hookimpl
     def rabbitworker_connection_changed(self, connected: bool) -> None:
@@ -181,37 +184,27 @@ class MetricsPlugin:
             self._last_beat = time.monotonic()
             await asyncio.sleep(1)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), timeout=5)
-            parts = request.decode("latin-1").split()
-            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
-            if path == "/metrics":
-                status, content_type, body = (
-                    200,
-                    CONTENT_TYPE_LATEST,
-                    generate_latest(self.registry),
-                )
-            elif path == "/healthz":
-                ok = self.healthy
-                status, content_type = (200 if ok else 503), "text/plain; charset=utf-8"
-                body = b"ok\n" if ok else b"event loop stalled\n"
-            elif path == "/readyz":
-                status, content_type = (200 if self.ready else 503), "text/plain; charset=utf-8"
-                body = self._readiness_text().encode()
-            else:
-                status, content_type, body = 404, "text/plain", b"not found: try /metrics\n"
-            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
-            writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    def app(self) -> Starlette:
+        """The ASGI app serving ``/metrics``, ``/healthz`` and ``/readyz``."""
+        return Starlette(
+            routes=[
+                Route("/metrics", self._metrics),
+                Route("/healthz", self._healthz),
+                Route("/readyz", self._readyz),
+            ],
+            exception_handlers={404: _not_found},
+        )
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _healthz(self, request: Request) -> Response:
+        if self.healthy:
+            return PlainTextResponse("ok\n")
+        return PlainTextResponse("event loop stalled\n", status_code=503)
+
+    async def _readyz(self, request: Request) -> Response:
+        return PlainTextResponse(self._readiness_text(), status_code=200 if self.ready else 503)
 
     def _readiness_text(self) -> str:
         lines = [f"connected: {'yes' if self.connected else 'no'}"]
@@ -220,3 +213,7 @@ class MetricsPlugin:
             for queue, on in sorted(self.consuming.items())
         ]
         return "\n".join(lines) + "\n"
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse("not found: try /metrics\n", status_code=404)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -231,6 +231,51 @@ class HostSettings(BaseSettings):
         return ";".join(mask_url(url) for url in self.amqp_urls)
 
 
+class ConsoleSettings(BaseSettings):
+    """The web console's own settings (``rabbitworker-host console``); the broker it shows is
+    the host's ``RABBITWORKER_AMQP_URL``."""
+
+    model_config = SettingsConfigDict(env_prefix="RABBITWORKER_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then ``RABBITWORKER_*`` variables, then the TOML file, then defaults."""
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+        return (init_settings, env_settings, toml)
+
+    console_host: str = Field(
+        "127.0.0.1",
+        description="The address the web console binds (--host). Anything but loopback needs "
+        "RABBITWORKER_CONSOLE_TOKEN.",
+    )
+    console_port: int = Field(9300, ge=0, le=65535, description="The web console's port (--port).")
+    console_token: SecretStr | None = Field(
+        None,
+        description="When set, every console request needs it: 'Authorization: Bearer "
+        "<token>', or the sign-in page's session cookie. Required to bind beyond loopback.",
+    )
+    console_page_size: int = Field(
+        50, ge=1, le=1000, description="Dead letters per page in the web console."
+    )
+    management_url: str = Field(
+        "http://localhost:15672",
+        description="RabbitMQ's management HTTP API, read by the web console for queue depths, "
+        "consumers and rates; user and password from the AMQP URL unless this URL has its own.",
+    )
+
+    @property
+    def token(self) -> str | None:
+        """The console token in clear, for comparing; never shown."""
+        return self.console_token.get_secret_value() if self.console_token else None
+
+
 def mask_url(url: str) -> str:
     """Hide the password of a URL: ``amqp://guest:****@host/``."""
     try:
@@ -281,7 +326,10 @@ def unknown_variables(
 ) -> list[tuple[str, str | None]]:
     """``RABBITWORKER_*`` variables that no setting reads, each with the closest setting
     name (a did-you-mean), or ``None``. ``RABBITWORKER_<PLUGIN>_*`` belong to the plugin."""
-    known = {f"RABBITWORKER_{name.upper()}" for name in HostSettings.model_fields}
+    known = {
+        f"RABBITWORKER_{name.upper()}"
+        for name in (*HostSettings.model_fields, *ConsoleSettings.model_fields)
+    }
     plugin_prefixes = tuple(
         f"RABBITWORKER_{name.upper().replace('-', '_').replace('.', '_')}_" for name in plugin_names
     )
