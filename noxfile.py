@@ -39,7 +39,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """Type-check the host and the bundled plugins with mypy (strict)."""
     install_everything(session)
-    session.install("mypy")
+    session.install("mypy", "types-jsonschema", "types-PyYAML")
     session.run("mypy", *session.posargs)
 
 
