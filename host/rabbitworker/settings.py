@@ -62,8 +62,8 @@ class QueueOverride(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
-class HostSettings(BaseSettings):
-    """Everything the host can be told; each field is the env var ``RABBITWORKER_<NAME>``."""
+class _Settings(BaseSettings):
+    """Where every group of rabbitworker settings is read from, in one place."""
 
     model_config = SettingsConfigDict(env_prefix="RABBITWORKER_", extra="ignore")
 
@@ -79,6 +79,10 @@ class HostSettings(BaseSettings):
         """Arguments, then ``RABBITWORKER_*`` variables, then the TOML file, then defaults."""
         toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
         return (init_settings, env_settings, toml)
+
+
+class HostSettings(_Settings):
+    """Everything the host can be told; each field is the env var ``RABBITWORKER_<NAME>``."""
 
     amqp_url: str = Field(
         DEFAULT_AMQP_URL,
@@ -231,24 +235,9 @@ class HostSettings(BaseSettings):
         return ";".join(mask_url(url) for url in self.amqp_urls)
 
 
-class ConsoleSettings(BaseSettings):
+class ConsoleSettings(_Settings):
     """The web console's own settings (``rabbitworker-host console``); the broker it shows is
     the host's ``RABBITWORKER_AMQP_URL``."""
-
-    model_config = SettingsConfigDict(env_prefix="RABBITWORKER_", extra="ignore")
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Arguments, then ``RABBITWORKER_*`` variables, then the TOML file, then defaults."""
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
-        return (init_settings, env_settings, toml)
 
     console_host: str = Field(
         "127.0.0.1",
