@@ -191,7 +191,9 @@ class WorkerHost:
             if first:
                 raise
             logger.error("[{}] could not set up again after reconnecting: {}", node, exc)
-            return
+            # Not consuming on this connection: give it up, so the supervisor tries again
+            # (backing off) instead of leaving the queues unconsumed until the next outage.
+            raise RuntimeError(f"set-up failed on {node}: {exc}") from exc
         if first:
             logger.info(
                 "connected to {}; declared {} exchange(s) and {} queue(s)",
