@@ -45,9 +45,12 @@ def console(declared: str, probe_config: Path, tmp_path: Path) -> Iterator[Conso
     process.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
-    """Debian's Chromium driven by Playwright (never Playwright's own browser download)."""
+    """Debian's Chromium driven by Playwright (never Playwright's own browser download).
+
+    Module-scoped: Playwright's sync API keeps an event loop running in this thread while it
+    is open, and the async tests that run after this module need the thread free of it."""
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
         if os.environ.get("CI"):
             pytest.fail(
