@@ -95,8 +95,11 @@ def test_browsing_and_filtering_200_dead_letters_leaves_the_dlq_as_it_was(
 
     apply_filter(page, queue="other.q", text="disk")
     expected = [w.message_id for w in written if w.queue == "other.q" and w.error == "disk full"]
-    rows = page.locator("#letters tbody tr")
-    assert [rows.nth(i).get_attribute("data-id") for i in range(rows.count())] == expected
+    # Read the rows in one go: a live update may redraw the table between two reads.
+    shown = page.eval_on_selector_all(
+        "#letters tbody tr", "rows => rows.map(row => row.dataset.id)"
+    )
+    assert shown == expected
     assert (
         page.text_content("#summary")
         == f"1{DASH}{len(expected)} of {len(expected)} matching (DLQ depth 200)"
