@@ -24,6 +24,8 @@ from brokertools import (
     Broker,
     HostProcess,
     closed_port,
+    create_vhost,
+    delete_vhost,
     host_env,
     management_up,
     wait_for,
@@ -53,18 +55,10 @@ def management_api() -> str:
 @pytest.fixture
 def broker(management_api: str) -> Iterator[Broker]:
     """A fresh vhost for this test, deleted afterwards."""
-    vhost = f"rw-test-{uuid.uuid4().hex[:12]}"
-    path = quote(vhost, safe="")
-    httpx.put(f"{management_api}/vhosts/{path}", auth=AUTH, timeout=10).raise_for_status()
-    httpx.put(
-        f"{management_api}/permissions/{path}/guest",
-        auth=AUTH,
-        timeout=10,
-        json={"configure": ".*", "write": ".*", "read": ".*"},
-    ).raise_for_status()
+    vhost = create_vhost(management_api)
     broker = Broker(vhost, management_api)
     yield broker
-    httpx.delete(f"{management_api}/vhosts/{path}", auth=AUTH, timeout=30)
+    delete_vhost(vhost, management_api)
     for user in broker.users:
         httpx.delete(f"{management_api}/users/{quote(user, safe='')}", auth=AUTH, timeout=10)
 

@@ -13,15 +13,12 @@ import asyncio
 import itertools
 import json
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 import pytest
-from brokertools import AUTH, AmqpClient, Broker
+from brokertools import AmqpClient, Broker, create_vhost, delete_vhost
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -156,22 +153,14 @@ async def _run_scenario(amqp_url: str, vhost: str, exporter: InMemorySpanExporte
 def scenario(management_api: str) -> Iterator[Scenario]:
     exporter = _install_exporter()
     exporter.clear()
-    vhost = f"rw-test-{uuid.uuid4().hex[:12]}"
-    path = quote(vhost, safe="")
-    httpx.put(f"{management_api}/vhosts/{path}", auth=AUTH, timeout=10).raise_for_status()
-    httpx.put(
-        f"{management_api}/permissions/{path}/guest",
-        auth=AUTH,
-        timeout=10,
-        json={"configure": ".*", "write": ".*", "read": ".*"},
-    ).raise_for_status()
+    vhost = create_vhost(management_api)
     amqp_url = Broker(vhost, management_api).amqp_url
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RABBITWORKER_AMQP_URL", amqp_url)
         try:
             yield asyncio.run(_run_scenario(amqp_url, vhost, exporter))
         finally:
-            httpx.delete(f"{management_api}/vhosts/{path}", auth=AUTH, timeout=30)
+            delete_vhost(vhost, management_api)
 
 
 def span_tree(spans: Sequence[ReadableSpan]) -> str:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,24 @@ def management_up() -> bool:
         return httpx.get(f"{API}/overview", auth=AUTH, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def create_vhost(api: str = API) -> str:
+    """A fresh test vhost on which guest has every right; returns its name."""
+    vhost = f"rw-test-{uuid.uuid4().hex[:12]}"
+    path = quote(vhost, safe="")
+    httpx.put(f"{api}/vhosts/{path}", auth=AUTH, timeout=10).raise_for_status()
+    httpx.put(
+        f"{api}/permissions/{path}/guest",
+        auth=AUTH,
+        timeout=10,
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+    ).raise_for_status()
+    return vhost
+
+
+def delete_vhost(vhost: str, api: str = API) -> None:
+    httpx.delete(f"{api}/vhosts/{quote(vhost, safe='')}", auth=AUTH, timeout=30)
 
 
 @dataclass
