@@ -349,7 +349,11 @@ async def test_drill_4_the_dlqs_node_stops_while_messages_fail_and_retry(
     assert not result.lost, sorted(result.lost)[:10]
     assert result.processed == set(work_ids), "every working message processed"
     assert dead_ids == set(fail_ids), "every failing message in the DLQ"
-    assert all(n == 1 for n in result.dead.values()), "each dead letter exactly once"
+    # A copy whose confirm was outstanding when the DLQ's leader stopped may have been
+    # stored before it, and is published again (at least once, never zero times): at most
+    # one extra copy per message in flight, and only then.
+    extra = sum(n - 1 for n in result.dead.values())
+    assert extra <= prefetch, f"{extra} dead letters stored twice: more than were in flight"
     assert not result.duplicates
     assert not result.left
     assert finished_while_down
