@@ -22,6 +22,7 @@ import click
 from loguru import logger
 from pydantic import ValidationError
 
+from rabbitworker.delays import MAX_DELAY
 from rabbitworker.errors import (
     BrokerConnectionError,
     BrokerTopologyMismatchError,
@@ -393,6 +394,17 @@ def check(broker: bool, as_json: bool) -> None:
     "--payload-file", type=click.File("rb"), help="Read the payload JSON from a file (- = stdin)."
 )
 @click.option("--exchange", default="tasks", show_default=True, help="The exchange to publish to.")
+@click.option(
+    "--delay",
+    type=click.FloatRange(min=0, max=MAX_DELAY),
+    metavar="SECONDS",
+    help="Wait this long in the broker before reaching the queue (whole seconds, up to 48 days).",
+)
+@click.option(
+    "--priority",
+    type=click.IntRange(min=0, max=255),
+    help="The message's priority, for queues with max_priority.",
+)
 @JSON_OPTION
 def publish(
     task: str,
@@ -400,12 +412,15 @@ def publish(
     payload: str | None,
     payload_file: Any,
     exchange: str,
+    delay: float | None,
+    priority: int | None,
     as_json: bool,
 ) -> None:
     """Publish TASK with a payload, persistent, and wait for the broker's confirm.
 
     When the task's handler declares a payload model, the payload is validated against it
-    first (exit 3 on a mismatch, nothing sent). Prints the message id.
+    first (exit 3 on a mismatch, nothing sent). Prints the message id. With --delay, the
+    message waits in the broker's delay queues and reaches its queue no sooner than that.
     """
     from rabbitworker.publish import TaskPublisher
 
@@ -445,7 +460,11 @@ def publish(
         publisher = TaskPublisher(settings, role="rabbitworker-host publish")
         try:
             return await publisher.publish(
-                {"task": task, "payload": data}, routing_key, exchange_name=exchange
+                {"task": task, "payload": data},
+                routing_key,
+                exchange_name=exchange,
+                delay=delay,
+                priority=priority,
             )
         finally:
             await publisher.close()
@@ -458,6 +477,8 @@ def publish(
                 "task": task,
                 "routing_key": routing_key,
                 "exchange": exchange,
+                "delay": delay,
+                "priority": priority,
             }
         )
     else:

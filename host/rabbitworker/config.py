@@ -26,6 +26,8 @@ MANAGED_ARGUMENTS = {
     "x-single-active-consumer": "single_active_consumer",
 }
 QUEUE_TYPES = ("classic", "quorum")
+#: The names of the delay cascade (``rabbitworker.delays``); no plugin may use them.
+RESERVED_PREFIX = "rabbitworker.delay."
 
 #: RabbitMQ closes a channel whose delivery stays unacked longer than its consumer_timeout
 #: (30 minutes by default); handler timeouts must stay below it.
@@ -330,4 +332,11 @@ def _require_name(value: object, field_name: str, queue: str | None) -> None:
     if len(value.encode()) > 255:
         raise InvalidQueueConfigError(
             field_name, "is longer than the 255 bytes AMQP allows for a name", queue
+        )
+    if value.startswith(RESERVED_PREFIX):
+        raise InvalidQueueConfigError(
+            field_name,
+            f"{value!r} starts with {RESERVED_PREFIX!r}, which the host keeps for its delay "
+            "queues; choose another name",
+            queue,
         )

@@ -23,6 +23,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from rabbitworker import plugins
+from rabbitworker.delays import without_delay_trace
 from rabbitworker.errors import PublishError
 from rabbitworker.policy import (
     FAILURE_HEADERS,
@@ -51,7 +52,7 @@ class DeadLetter:
 
     @classmethod
     def from_message(cls, position: int, message: AbstractIncomingMessage) -> DeadLetter:
-        headers = dict(message.headers or {})
+        headers = without_delay_trace(message.headers or {})
         death = _first_death(headers)
         task = headers.get(HEADER_TASK)
         if task is None:

@@ -19,6 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from rabbitworker.config import QueueConfig
+from rabbitworker.delays import without_delay_trace
 from rabbitworker.errors import InvalidPayloadError, PermanentError
 from rabbitworker.events import DeadLetterReason, Settlement
 
@@ -307,7 +308,7 @@ def _cut(text: str) -> str:
 
 def retry_headers(headers: Mapping[str, Any], attempt: int, decision: Decision) -> dict[str, Any]:
     """The headers of the copy that waits in a delay queue for attempt ``attempt + 1``."""
-    copy = dict(headers)
+    copy = without_delay_trace(headers)
     copy.pop(HEADER_DELIVERY_COUNT, None)
     copy[HEADER_ATTEMPT] = attempt + 1
     copy[HEADER_REASON] = str(decision.reason)
@@ -326,7 +327,7 @@ def dead_letter_headers(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The headers of a dead letter: where it failed, why, after how many attempts."""
-    copy = dict(headers)
+    copy = without_delay_trace(headers)
     copy.pop(HEADER_DELIVERY_COUNT, None)
     copy.setdefault("x-first-death-queue", queue)
     copy.setdefault("x-first-death-reason", "rejected")

@@ -21,7 +21,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import aiormq
@@ -30,7 +30,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection
 from loguru import logger
 from pamqp.commands import Basic
 
-from rabbitworker import plugins
+from rabbitworker import delays, plugins
 from rabbitworker.broker import Connector
 from rabbitworker.errors import (
     BrokerConnectionError,
@@ -41,6 +41,7 @@ from rabbitworker.errors import (
     UnroutableMessageError,
 )
 from rabbitworker.settings import HostSettings
+from rabbitworker.topology import declare_topology, delay_topology
 
 T = TypeVar("T")
 
@@ -121,8 +122,12 @@ class ConfirmingPublisher:
         routing_key: str,
         properties: Basic.Properties,
         timeout: float | None = None,  # noqa: ASYNC109 - one deadline for the whole publish
+        traced_as: tuple[str, str] | None = None,
     ) -> None:
         """Publish persistently with ``mandatory`` and wait for the confirm.
+
+        :param traced_as: the exchange and routing key the publish hooks are told about, when
+            the message goes there by way of another (a delayed message, via the cascade).
 
         :raises UnroutableMessageError: no queue is bound to receive it.
         :raises ExchangeNotFoundError: the exchange does not exist.
@@ -135,7 +140,8 @@ class ConfirmingPublisher:
         message_id = properties.message_id
         headers = properties.headers if properties.headers is not None else {}
         hooks = self._hooks or plugins.active().message_hooks()
-        with hooks.publish_context(exchange, routing_key, message_id, headers):
+        hook_exchange, hook_routing_key = traced_as or (exchange, routing_key)
+        with hooks.publish_context(hook_exchange, hook_routing_key, message_id, headers):
             if headers and properties.headers is None:
                 properties.headers = headers
             await self._publish(body, exchange, routing_key, properties, message_id, timeout)
@@ -339,6 +345,10 @@ class TaskPublisher:
             ),
             timeout=settings.publish_timeout,
         )
+        #: The delay destinations declared on the publisher's current connection.
+        self._delays_ready: set[delays.Destination] = set()
+        self._delays_connection: AbstractConnection | None = None
+        self._delays_lock = asyncio.Lock()
 
     @property
     def publisher(self) -> ConfirmingPublisher:
@@ -358,16 +368,92 @@ class TaskPublisher:
         message_id: str | None = None,
         headers: dict[str, Any] | None = None,
         priority: int | None = None,
+        delay: float | None = None,
     ) -> str:
-        """Publish persistently with ``mandatory``; return the message id once confirmed."""
+        """Publish persistently with ``mandatory``; return the message id once confirmed.
+
+        With ``delay``, the message is stored in the delay cascade (:mod:`rabbitworker.delays`)
+        instead, declared on first use, and reaches ``exchange_name`` no sooner than that.
+        """
+        seconds = delays.delay_seconds(delay) if delay is not None else 0
+        body = encode(message_body)
         properties = task_properties(message_id=message_id, headers=headers, priority=priority)
-        await self._publisher.publish(
-            encode(message_body),
-            exchange=exchange_name,
-            routing_key=routing_key,
-            properties=properties,
-        )
+        if not seconds:
+            await self._publisher.publish(
+                body, exchange=exchange_name, routing_key=routing_key, properties=properties
+            )
+            return str(properties.message_id)
+        destination = delays.Destination(exchange_name, routing_key)
+        due_at = (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+        properties.headers = {**(properties.headers or {}), delays.HEADER_DUE_AT: due_at}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.publish_timeout
+        for attempt in range(2):
+            await self._prepare_delays(destination, deadline, again=attempt > 0)
+            try:
+                await self._publisher.publish(
+                    body,
+                    exchange=delays.ENTRY_EXCHANGE,
+                    routing_key=delays.routing_key(seconds, destination),
+                    properties=properties,
+                    timeout=max(deadline - loop.time(), 0.001),
+                    traced_as=(exchange_name, routing_key),
+                )
+            except (ExchangeNotFoundError, UnroutableMessageError) as exc:
+                if attempt or getattr(exc, "exchange", None) != delays.ENTRY_EXCHANGE:
+                    raise
+                # Someone deleted part of the cascade since this connection declared it.
+                logger.warning("the delay queues are gone; declaring them again")
+                continue
+            break
         return str(properties.message_id)
+
+    async def _prepare_delays(
+        self, destination: delays.Destination, deadline: float, *, again: bool
+    ) -> None:
+        """Declare the cascade and ``destination``'s landing queue, once per connection.
+
+        :raises ExchangeNotFoundError: ``destination``'s exchange does not exist.
+        :raises PublishNotSentError: not declared before the deadline.
+        """
+        async with self._delays_lock:
+            if again or self._publisher.connection is not self._delays_connection:
+                self._delays_ready.clear()
+            if destination in self._delays_ready:
+                return
+            cascade = not self._delays_ready
+
+            async def declare(channel: AbstractChannel) -> None:
+                if destination.exchange:
+                    try:
+                        await channel.exchange_declare(destination.exchange, passive=True)
+                    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                        raise ExchangeNotFoundError(destination.exchange) from exc
+                await declare_topology(channel, delay_topology(destination, cascade=cascade))
+
+            loop = asyncio.get_running_loop()
+            while True:
+                try:
+                    await self._publisher.run_on_channel(declare, within=deadline - loop.time())
+                    break
+                except (BrokerConnectionError, *_LOST) as exc:
+                    if loop.time() + 0.2 >= deadline:
+                        raise PublishNotSentError(
+                            f"the delay queues for {destination.exchange!r}/"
+                            f"{destination.routing_key!r} could not be declared within "
+                            f"{self.settings.publish_timeout:g} s (RABBITWORKER_PUBLISH_TIMEOUT; "
+                            f"last error: {exc}). Nothing is stored; publishing again is safe."
+                        ) from exc
+                    await asyncio.sleep(0.2)
+                except TimeoutError as exc:
+                    raise PublishNotSentError(
+                        f"the delay queues for {destination.exchange!r}/"
+                        f"{destination.routing_key!r} could not be declared within "
+                        f"{self.settings.publish_timeout:g} s (RABBITWORKER_PUBLISH_TIMEOUT): is "
+                        "the broker reachable? Nothing is stored; publishing again is safe."
+                    ) from exc
+            self._delays_connection = self._publisher.connection
+            self._delays_ready.add(destination)
 
     async def close(self) -> None:
         await self._publisher.close()
@@ -428,6 +514,7 @@ async def publish_task(
     message_id: str | None = None,
     headers: dict[str, Any] | None = None,
     priority: int | None = None,
+    delay: float | None = None,
 ) -> str:
     """Publish ``message_body`` as persistent JSON and wait for the broker's confirm.
 
@@ -436,6 +523,8 @@ async def publish_task(
     reconnecting included, happens within ``RABBITWORKER_PUBLISH_TIMEOUT``.
 
     :param priority: for queues with ``max_priority``: higher is delivered first.
+    :param delay: seconds (rounded up to whole seconds, at most 48 days) the message waits
+        in the broker before it reaches its queue; see :mod:`rabbitworker.delays`.
     :returns: the message id (generated unless given).
     :raises UnroutableMessageError: no queue is bound to ``exchange_name`` with ``routing_key``.
     :raises PublishNotSentError: not stored (no such exchange, refused, broker unreachable
@@ -450,6 +539,7 @@ async def publish_task(
         message_id=message_id,
         headers=headers,
         priority=priority,
+        delay=delay,
     )
 
 
@@ -504,6 +594,7 @@ def publish_task_sync(
     message_id: str | None = None,
     headers: dict[str, Any] | None = None,
     priority: int | None = None,
+    delay: float | None = None,
 ) -> str:
     """:func:`publish_task` for synchronous code (Django and Flask views, scripts, threads):
     the same arguments, confirms, deadline and errors. Safe to call from many threads at
@@ -519,6 +610,7 @@ def publish_task_sync(
             message_id=message_id,
             headers=headers,
             priority=priority,
+            delay=delay,
         ),
         _sync.loop(),
     )

@@ -14,6 +14,7 @@ import aiormq
 from aiormq.abc import AbstractChannel
 from loguru import logger
 
+from rabbitworker import delays
 from rabbitworker.config import QueueConfig
 from rabbitworker.errors import BrokerTopologyMismatchError, TopologyConflictError
 from rabbitworker.plugins import QueueRegistration
@@ -50,6 +51,8 @@ class Topology:
 
     exchanges: dict[str, ExchangeSpec] = field(default_factory=dict)
     queues: dict[str, QueueSpec] = field(default_factory=dict)
+    #: ``(destination, source, routing_key)``: exchanges bound to exchanges.
+    exchange_bindings: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 #: A quorum queue that dead-letters, declared so no dead letter is ever dropped between
@@ -197,6 +200,44 @@ def plan_topology(registrations: Sequence[QueueRegistration]) -> Topology:
     return topology
 
 
+def delay_topology(destination: delays.Destination, *, cascade: bool = True) -> Topology:
+    """What a delayed message to ``destination`` passes through (:mod:`rabbitworker.delays`):
+    every tier's topic exchange and quorum queue (unless ``cascade`` is false: declared
+    already), the delivery exchange, and ``destination``'s landing queue."""
+    topology = Topology()
+    if cascade:
+        wanted_by = "delayed publishing"
+        for tier in reversed(range(delays.TIERS)):
+            name = delays.tier_name(tier)
+            topology.exchanges[name] = ExchangeSpec(name, "topic", wanted_by)
+        topology.exchanges[delays.DELIVERY_EXCHANGE] = ExchangeSpec(
+            delays.DELIVERY_EXCHANGE, "topic", wanted_by
+        )
+        for tier in reversed(range(delays.TIERS)):
+            name, onward = delays.tier_name(tier), delays.next_exchange(tier)
+            arguments: dict[str, Any] = {
+                **QUORUM_DEAD_LETTERING,
+                "x-message-ttl": 2**tier * 1000,
+                "x-dead-letter-exchange": onward,
+            }
+            binding = (name, delays.bit_pattern(tier, "1"))
+            topology.queues[name] = QueueSpec(name, arguments, (binding,))
+            topology.exchange_bindings.append((onward, name, delays.bit_pattern(tier, "0")))
+    landing = destination.landing_queue
+    topology.queues[landing] = QueueSpec(
+        landing,
+        {
+            **QUORUM_DEAD_LETTERING,
+            # Due: hand it on at once, with the routing key it was published with.
+            "x-message-ttl": 0,
+            "x-dead-letter-exchange": destination.exchange,
+            "x-dead-letter-routing-key": destination.routing_key,
+        },
+        ((delays.DELIVERY_EXCHANGE, delays.landing_pattern(destination)),),
+    )
+    return topology
+
+
 async def declare_topology(channel: AbstractChannel, topology: Topology) -> None:
     """Declare every exchange, queue and binding of ``topology`` (all durable) on ``channel``.
 
@@ -214,6 +255,8 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
             raise _conflict(
                 f"exchange {spec.name!r}", f"a durable {spec.type} exchange", exc
             ) from exc
+    for destination, source, routing_key in topology.exchange_bindings:
+        await channel.exchange_bind(destination=destination, source=source, routing_key=routing_key)
     for queue_spec in topology.queues.values():
         try:
             await channel.queue_declare(
