@@ -98,6 +98,7 @@ class Scenario:
     flaky: str
     broken: str
     plain: str
+    delayed: str
 
     def of(self, message_id: str, kind: SpanKind | None = None) -> list[ReadableSpan]:
         """The spans of one message (in start order), optionally of one kind."""
@@ -129,6 +130,8 @@ async def _run_scenario(amqp_url: str, vhost: str, exporter: InMemorySpanExporte
         flaky_id = await publish_task({"task": "flaky"}, "traced")
         broken_id = await publish_task({"task": "broken"}, "traced")
         plain_id = await publish_task({"task": "plain"}, "traced")
+        delayed_id = await publish_task({"task": "plain"}, "traced", delay=1)
+        assert (await host.wait_for(delayed_id)).acked
         assert (await host.wait_for(flaky_id)).acked
         assert (await host.wait_for(plain_id)).acked
         assert (await host.wait_for(broken_id)).dead_lettered
@@ -146,7 +149,8 @@ async def _run_scenario(amqp_url: str, vhost: str, exporter: InMemorySpanExporte
         await _until(replayed_handled)
     finally:
         await host.stop()
-    return Scenario(list(exporter.get_finished_spans()), flaky_id, broken_id, plain_id)
+    spans = list(exporter.get_finished_spans())
+    return Scenario(spans, flaky_id, broken_id, plain_id, delayed_id)
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +256,17 @@ def test_consumer_spans_are_children_of_producer_spans_and_copies_of_consumer_sp
             assert parent.name == "tasks.dlx publish"
         else:  # a retry or dead-letter copy, published after its handler
             assert parent.kind is SpanKind.CONSUMER, span.name
+
+
+def test_a_delayed_message_is_traced_from_its_publish_to_its_handler(scenario: Scenario) -> None:
+    publish, process = scenario.of(scenario.delayed)
+
+    assert (publish.name, publish.kind) == ("tasks publish", SpanKind.PRODUCER)
+    assert (publish.attributes or {})["messaging.destination.name"] == "tasks"
+    assert (process.name, process.kind) == (f"{QUEUE} process", SpanKind.CONSUMER)
+    assert process.parent is not None
+    assert publish.context is not None
+    assert process.parent.span_id == publish.context.span_id, "through the delay tiers"
 
 
 def test_spans_carry_the_messaging_conventions(scenario: Scenario) -> None:
