@@ -29,6 +29,7 @@ from opstools import declare_like_the_host, delete_queue
 from rabbitworker import (
     ExchangeNotFoundError,
     InvalidQueueConfigError,
+    PublishRefusedError,
     QueueConfig,
     close_publishers,
     delays,
@@ -434,3 +435,30 @@ def test_the_cli_refuses_a_delay_beyond_the_longest_tier(
 
     assert result.returncode == 2
     assert "--delay" in result.stderr
+
+
+@pytest.mark.broker
+async def test_a_user_who_may_not_declare_the_delay_queues_is_told_so_at_once(
+    amqp_url: str, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await declare_like_the_host(amqp_url, [QUEUE])
+    url = broker.create_user("producer", "s3cret-pw")
+    response = await asyncio.to_thread(
+        httpx.put,
+        f"{broker.api}/permissions/{quote(broker.vhost, safe='')}/producer",
+        auth=AUTH,
+        timeout=10,
+        json={"configure": "^$", "write": "^tasks$", "read": "^tasks$"},
+    )
+    response.raise_for_status()
+    monkeypatch.setenv("RABBITWORKER_AMQP_URL", url)
+
+    began = time.monotonic()
+    try:
+        with pytest.raises(PublishRefusedError, match="permissions") as refused:
+            await publish_task({"task": "work"}, "later", delay=5)
+    finally:
+        await close_publishers()
+
+    assert time.monotonic() - began < 5, "not retried until the publish deadline"
+    assert "s3cret-pw" not in str(refused.value)

@@ -436,6 +436,13 @@ class TaskPublisher:
                 try:
                     await self._publisher.run_on_channel(declare, within=deadline - loop.time())
                     break
+                except aiormq.exceptions.ChannelAccessRefused as exc:
+                    raise PublishRefusedError(
+                        f"this user may not declare the delay queues ({exc}); nothing is "
+                        "stored. Delayed publishing needs the configure, write and read "
+                        f"permissions on the names starting {delays.PREFIX!r}, and write on "
+                        f"{destination.exchange!r}"
+                    ) from exc
                 except (BrokerConnectionError, *_LOST) as exc:
                     if loop.time() + 0.2 >= deadline:
                         raise PublishNotSentError(
