@@ -456,9 +456,9 @@ def log_plan(plan: WatchPlan) -> None:
         )
 
 
-def run_with_reload(settings: HostSettings) -> int:
-    """``run --reload``: the exit code of the host's last run (0 after a clean stop)."""
-    plan = watch_plan(
+def plan_for(settings: HostSettings) -> WatchPlan:
+    """What to watch in this environment, for the plugins these settings load."""
+    return watch_plan(
         installed_sources(),
         named_modules(settings.plugins),
         autoload=not settings.disable_plugin_autoload,
@@ -466,6 +466,11 @@ def run_with_reload(settings: HostSettings) -> int:
         disabled=settings.disabled_plugins,
         installed_roots=installed_roots(),
     )
+
+
+def run_with_reload(settings: HostSettings) -> int:
+    """``run --reload``: the exit code of the host's last run (0 after a clean stop)."""
+    plan = plan_for(settings)
     log_plan(plan)
     command = child_command(sys.orig_argv, sys.argv, sys.executable)
     reloader = Reloader(command, plan.directories, settings.shutdown_timeout + KILL_MARGIN)

@@ -148,14 +148,15 @@ class PluginEnv:
 
     def env(self, amqp_url: str | None = None, **extra: str) -> dict[str, str]:
         """The host's environment in this venv: entry points autoloaded, except those of
-        plugins installed outside it."""
+        plugins installed outside it; ``extra`` adds or overrides variables."""
         outside = sorted({ep.name for ep in entry_points(group="rabbitworker.queues")})
+        defaults = {
+            "RABBITWORKER_PLUGINS": "",
+            "RABBITWORKER_DISABLE_PLUGIN_AUTOLOAD": "0",
+            "RABBITWORKER_DISABLED_PLUGINS": ",".join(outside),
+        }
         return host_env(
-            amqp_url or f"amqp://guest:guest@127.0.0.1:{closed_port()}/",
-            RABBITWORKER_PLUGINS="",
-            RABBITWORKER_DISABLE_PLUGIN_AUTOLOAD="0",
-            RABBITWORKER_DISABLED_PLUGINS=",".join(outside),
-            **extra,
+            amqp_url or f"amqp://guest:guest@127.0.0.1:{closed_port()}/", **(defaults | extra)
         )
 
     def rabbitworker(
