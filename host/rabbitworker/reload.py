@@ -319,7 +319,12 @@ class Reloader:
         loop = asyncio.get_running_loop()
         for sig in FORWARDED_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
-        watcher = asyncio.create_task(self._watch()) if self._directories else None
+        watcher = None
+        if self._directories:
+            watcher = asyncio.create_task(self._watch())
+            # awatch registers its watches before it first suspends: once this yields, a
+            # save is seen even if it comes before the first host is up.
+            await asyncio.sleep(0)
         try:
             await self._start()
             return await self._serve()
