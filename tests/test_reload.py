@@ -17,6 +17,7 @@ import py_compile
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,17 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokertools import SUPPORT, AmqpClient, HostProcess, async_wait_for
+from brokertools import SUPPORT, AmqpClient, HostProcess, async_wait_for, wait_for
+from loguru import logger
 from venvs import HOST_SOURCE, PluginEnv
 
 from rabbitworker.reload import (
     InstalledSource,
     NamedModule,
+    WatchPlan,
     child_command,
     describe_changes,
     exit_code,
     forget_bytecode,
     is_editable,
+    log_plan,
     watch_plan,
 )
 
@@ -136,9 +140,14 @@ def edit(source: Path, text: str, *, atomic: bool = False) -> None:
 
 @pytest.fixture
 def plugin_source(reload_env: ReloadEnv) -> Path:
-    """The edited plugin back at v1, without the bytecode an earlier test compiled."""
+    """The edited plugin back at v1, alone in its package, without the bytecode an
+    earlier test compiled."""
+    for path in reload_env.source.parent.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path != reload_env.source:
+            path.unlink()
     reload_env.source.write_text(RELOAD_PLUGIN.format(version="v1"))
-    shutil.rmtree(reload_env.source.parent / "__pycache__", ignore_errors=True)
     return reload_env.source
 
 
@@ -225,6 +234,7 @@ async def test_an_edit_restarts_the_host_once_and_the_next_message_runs_the_new_
     await consuming_hosts(host, 2)
     await amqp.publish(work(2), "reload", message_id="m-2")
     await host.wait_for_events("end", 2)
+    await host.async_wait_for_log("ACKed message m-2")
 
     first, second = child_pids(host)
     handled = [(e["id"], e["version"], e["pid"]) for e in host.events("end")]
@@ -238,6 +248,27 @@ async def test_an_edit_restarts_the_host_once_and_the_next_message_runs_the_new_
     assert took < 10, f"{took:.2f} s from the change to the new host consuming"
     assert await host.async_stop() == 0
     assert len(child_pids(host)) == 2, "one edit, one restart"
+
+
+@pytest.mark.broker
+async def test_a_burst_of_saves_to_several_files_is_one_restart(
+    start_reloader: Callable[[], HostProcess], plugin_source: Path, amqp: AmqpClient
+) -> None:
+    host = start_reloader()
+
+    # A formatter rewriting the package, or a checkout: several files, many writes.
+    (plugin_source.parent / "helpers.py").write_text("HELPED = True\n")
+    for version in ("v2", "v3", "v4", "v5"):
+        edit(plugin_source, RELOAD_PLUGIN.format(version=version))
+    await consuming_hosts(host, 2)
+    await amqp.publish(work(1), "reload", message_id="m-1")
+    await host.wait_for_events("end", 1)
+
+    [restart] = host.log_lines("restarting the host")
+    assert "and 1 more changed" in restart
+    assert [(e["id"], e["version"]) for e in host.events("end")] == [(1, "v5")]
+    assert await host.async_stop() == 0
+    assert len(child_pids(host)) == 2
 
 
 @pytest.mark.broker
@@ -347,6 +378,84 @@ def test_the_watch_plan_of_a_real_venv_has_both_editable_styles_and_no_copy(
     assert "plugin reload (rwtest-reload 1.0.0)" in watched[str(reload_env.plain_src.resolve())]
     assert watched[str(SUPPORT.resolve())] == "RABBITWORKER_PLUGINS module probe_plugin"
     assert plan["not_editable"] == ["rwtest-reload-copy 1.0.0"]
+
+
+#: Runs the Reloader on its own, with a stand-in for the host given on the command line.
+REEXEC = """\
+import asyncio, sys
+from pathlib import Path
+from rabbitworker.logs import setup_logging
+from rabbitworker.reload import Reloader
+
+setup_logging()
+command = [sys.executable, "-c", sys.argv[1]]
+sys.exit(asyncio.run(Reloader(command, [Path(p) for p in sys.argv[2:]], 0.5).run()))
+"""
+
+#: A stand-in for a host that never stops on SIGTERM.
+STUBBORN = """\
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("stubborn host up", flush=True)
+time.sleep(60)
+"""
+
+
+def start_reexec(tmp_path: Path, child: str, *watched: Path) -> HostProcess:
+    log_path = tmp_path / "reloader.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", REEXEC, child, *map(str, watched)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return HostProcess(process, log_path, tmp_path / "no-events.jsonl")
+
+
+def test_a_host_that_does_not_stop_in_time_is_killed_before_the_next_starts(
+    tmp_path: Path,
+) -> None:
+    watched = tmp_path / "src"
+    watched.mkdir()
+    reloader = start_reexec(tmp_path, STUBBORN, watched)
+    try:
+        reloader.wait_for_log("stubborn host up")
+        (watched / "plugin.py").write_text("X = 1\n")
+        wait_for(lambda: reloader.log.count("stubborn host up") == 2, message="a second host")
+        first, second = child_pids(reloader)
+
+        assert reloader.stop(signal.SIGTERM, timeout=15) == 128 + signal.SIGKILL
+    finally:
+        if reloader.process.poll() is None:
+            reloader.process.kill()
+    assert reloader.log_lines(f"the host (pid {first}) did not stop within 0.5 s; killing it")
+    assert reloader.log_lines(f"the host (pid {second}) did not stop within 0.5 s; killing it")
+    assert reloader.log.index(f"(pid {first}) exited with code 137") < reloader.log.index(
+        f"started the host (pid {second})"
+    )
+    assert not alive(first)
+    assert not alive(second)
+
+
+def test_with_nothing_watched_the_reloader_ends_with_its_host(tmp_path: Path) -> None:
+    reloader = start_reexec(tmp_path, "import sys; sys.exit(3)")
+
+    assert reloader.process.wait(timeout=15) == 3
+    assert reloader.log_lines("exited with code 3; nothing is watched")
+
+
+def test_an_empty_plan_says_what_to_install() -> None:
+    lines: list[str] = []
+    sink = logger.add(lines.append, format="{level} {message}")
+    try:
+        log_plan(WatchPlan(watched=(), not_editable=("rw-a 1.0",)))
+    finally:
+        logger.remove(sink)
+
+    assert any(line.startswith("INFO reload: not watching rw-a 1.0") for line in lines)
+    [warning] = [line for line in lines if line.startswith("WARNING")]
+    assert "nothing to watch" in warning
+    assert "pip install -e ./plugins/<name>" in warning
 
 
 # What to watch: a pure function of what is installed.
