@@ -141,7 +141,14 @@ def main(ctx: click.Context) -> None:
 
 
 @main.command()
-def run() -> None:
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="For development: run the host in a child process and restart it gracefully when "
+    "a .py file of an editable-installed plugin, of the host, or of a RABBITWORKER_PLUGINS "
+    "module changes.",
+)
+def run(reload: bool) -> None:
     """Declare every plugin's queues and consume them until SIGTERM or SIGINT.
 
     On the first signal the host stops taking messages, lets the ones in flight finish
@@ -149,6 +156,10 @@ def run() -> None:
     at once. Unfinished messages stay unacknowledged and are delivered again.
     """
     settings = _settings()
+    if reload:
+        from rabbitworker.reload import run_with_reload
+
+        sys.exit(run_with_reload(settings))
 
     def start() -> None:
         from rabbitworker.host import WorkerHost
