@@ -173,6 +173,33 @@ async def test_two_destinations_whose_names_join_to_the_same_text_both_get_their
     assert arrived == {"to-a": "a.q", "to-b": "b.q"}
 
 
+async def test_wildcards_and_dots_in_a_routing_key_reach_exactly_the_queue_bound_with_it(
+    start_host: Callable[..., HostProcess], amqp: AmqpClient, broker: Broker
+) -> None:
+    odd = "odd.#.*.kéy"
+    # A decoy on the same exchange that a wildcard would reach if the key were a pattern.
+    host = start_host(
+        [{"name": "odd.q", "routing_key": odd}, {"name": "decoy.q", "routing_key": "odd.x.y.kéy"}]
+    )
+    try:
+        sent = await publish_delayed({"w-1": 1, "w-2": 2}, odd)
+    finally:
+        await close_publishers()
+
+    tally = await settle_and_tally(
+        host,
+        amqp,
+        broker,
+        sent,
+        within=15,
+        destinations=(Destination("tasks", odd),),
+        queues=("odd.q", "decoy.q"),
+    )
+    print("\n" + tally.line("wildcard key"))
+    tally.check()
+    assert {e["arrived_on"] for e in host.events("start")} == {"odd.q"}
+
+
 async def test_a_delayed_message_to_the_default_exchange_reaches_the_queue_named_by_its_key(
     start_host: Callable[..., HostProcess], amqp: AmqpClient, broker: Broker
 ) -> None:
