@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -80,6 +81,28 @@ async def test_a_zero_delay_declares_no_delay_queues(amqp_url: str, broker: Brok
     assert [name for name in broker.queues() if delays.is_delay_queue(name)] == []
     async with AmqpClient(amqp_url) as client:
         assert await client.ready("later.q") == 1
+
+
+async def test_a_thirty_day_delay_waits_in_the_longest_tier_with_its_due_time(
+    amqp_url: str, amqp: AmqpClient
+) -> None:
+    await declare_like_the_host(amqp_url, [QUEUE])
+    asked = 30 * 24 * 3600  # 2592000 s = 2097152 + 262144 + 131072 + ...: the longest tier first
+    try:
+        before = datetime.now(UTC)
+        await publish_task({"task": "work"}, "later", message_id="month", delay=asked)
+        after = datetime.now(UTC)
+    finally:
+        await close_publishers()
+
+    waiting = await ready_counts(amqp, delay_queue_names(LATER))
+    [message] = await amqp.take_all(delays.tier_name(delays.TIERS - 1))
+    due = datetime.fromisoformat(str((message.headers or {})[delays.HEADER_DUE_AT]))
+
+    print(f"\nDELAYS 30 days: waiting in {waiting}, due at {due.isoformat()}")
+    assert waiting == {"rabbitworker.delay.2097152s": 1}
+    assert before + timedelta(seconds=asked) <= due <= after + timedelta(seconds=asked)
+    assert await amqp.ready("later.q") == 0
 
 
 async def test_priorities_survive_the_cascade_and_order_the_work_queue(
