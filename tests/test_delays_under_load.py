@@ -27,6 +27,8 @@ from delaytools import (
 
 from rabbitworker import close_publishers, delays
 from rabbitworker.delays import Destination
+from rabbitworker.publish import TaskPublisher
+from rabbitworker.settings import HostSettings
 
 pytestmark = pytest.mark.broker
 
@@ -215,3 +217,28 @@ async def test_a_delayed_message_to_the_default_exchange_reaches_the_queue_named
     print("\n" + tally.line("default exchange"))
     tally.check()
     assert {e["arrived_on"] for e in host.events("start")} == {"later.q"}
+
+
+async def test_eight_publishers_declaring_the_cascade_at_once_all_get_their_messages_through(
+    start_host: Callable[..., HostProcess], amqp: AmqpClient, broker: Broker
+) -> None:
+    host = start_host([{**QUEUE, "prefetch_count": 10}])
+    # Eight web workers starting at once: each its own connection, each declaring.
+    publishers = [TaskPublisher(HostSettings()) for _ in range(8)]
+    try:
+        batches = await asyncio.gather(
+            *(
+                publish_delayed({f"p-{n}": 1}, "later", publish=publisher.publish)
+                for n, publisher in enumerate(publishers)
+            )
+        )
+    finally:
+        for publisher in publishers:
+            await publisher.close()
+    sent = {i: s for batch in batches for i, s in batch.items()}
+
+    tally = await settle_and_tally(host, amqp, broker, sent, within=15)
+
+    print("\n" + tally.line("8 publishers declaring at once"))
+    tally.check()
+    assert len([n for n in broker.queues() if delays.is_delay_queue(n)]) == delays.TIERS + 1
