@@ -141,6 +141,15 @@ def test_a_destination_too_long_for_a_readable_name_gets_its_key_instead() -> No
     assert destination.landing_queue == f"rabbitworker.delay.to.{destination.key}"
 
 
+@pytest.mark.parametrize("routing_key", ["odd.*.key", "kéy", "a$b"])
+def test_a_routing_key_no_queue_name_may_hold_gives_the_landing_queue_the_key_instead(
+    routing_key: str,
+) -> None:
+    destination = Destination("tasks", routing_key)
+
+    assert destination.landing_queue == f"rabbitworker.delay.to.{destination.key}"
+
+
 @pytest.mark.parametrize(("asked", "seconds"), [(0, 0), (0.001, 1), (1, 1), (1.5, 2), (59.01, 60)])
 def test_a_delay_is_rounded_up_to_whole_seconds_never_down(asked: float, seconds: int) -> None:
     assert delays.delay_seconds(asked) == seconds

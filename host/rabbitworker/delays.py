@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,9 @@ HEADER_DUE_AT = "x-rabbitworker-due-at"
 #: RabbitMQ's headers that each dead-lettering step adds to a waiting message.
 _DEATH_HEADERS = ("x-first-death-queue", "x-first-death-reason", "x-first-death-exchange")
 _MAX_NAME = 255
+#: What AMQP 0-9-1 allows in a queue name (pamqp refuses anything else before sending);
+#: a routing key may hold any text, so the readable landing name is not always a name.
+_QUEUE_NAME = re.compile(r"[a-zA-Z0-9\-_.:@#,/+ ]*")
 
 
 def tier_name(tier: int) -> str:
@@ -89,9 +93,12 @@ class Destination:
     @property
     def landing_queue(self) -> str:
         """``rabbitworker.delay.to.<exchange>.<routing key>``: readable in the management UI
-        (the key instead when that would be longer than a queue name may be)."""
+        (the key instead when that would be longer than a queue name may be, or hold
+        characters one may not: ``*``, non-ASCII letters)."""
         name = f"{PREFIX}to.{self.exchange or 'amq.default'}.{self.routing_key}"
-        return name if len(name.encode()) <= _MAX_NAME else f"{PREFIX}to.{self.key}"
+        if len(name.encode()) <= _MAX_NAME and _QUEUE_NAME.fullmatch(name):
+            return name
+        return f"{PREFIX}to.{self.key}"
 
 
 def routing_key(seconds: int, destination: Destination) -> str:

@@ -4,7 +4,8 @@
 ``prefetch_count``, ``exchange_name``, ``dlx_exchange_name``, ``dlq_name``). Every queue
 handles three tasks: ``work`` (async), ``work_sync`` (plain def) and ``fail`` (raises).
 Handlers append ``start``/``end`` events to the JSONL file ``PROBE_EVENTS``, so tests read
-what really ran, when, in which process and thread, and with which message.
+what really ran, when, in which process and thread, with which message, and the queue it
+arrived on (``arrived_on``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from typing import Any
 
 from loguru import logger
 
-from rabbitworker import QueueConfig, hookimpl
+from rabbitworker import QueueConfig, current_task, hookimpl
+
+
+def _arrived_on() -> str | None:
+    try:
+        return current_task().queue
+    except LookupError:
+        return None
 
 
 def _record(event: str, message: dict[str, Any]) -> None:
@@ -31,6 +39,7 @@ def _record(event: str, message: dict[str, Any]) -> None:
                 "id": message.get("payload", {}).get("id"),
                 "task": message.get("task"),
                 "queue": message.get("payload", {}).get("queue"),
+                "arrived_on": _arrived_on(),
                 "thread": threading.current_thread().name,
                 "message": message,
             }
