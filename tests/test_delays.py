@@ -29,6 +29,7 @@ from opstools import declare_like_the_host, delete_queue
 from rabbitworker import (
     ExchangeNotFoundError,
     InvalidQueueConfigError,
+    PublishNotSentError,
     PublishRefusedError,
     QueueConfig,
     close_publishers,
@@ -124,7 +125,7 @@ def test_the_landing_queue_hands_the_message_to_the_exchange_and_key_it_was_publ
     destination = Destination("reports.x", "a.#.b")
     [landing] = delay_topology(destination, cascade=False).queues.values()
 
-    assert landing.name == "rabbitworker.delay.to.reports.x.a.#.b"
+    assert landing.name == f"rabbitworker.delay.to.reports.x.a.#.b.{destination.key[:8]}"
     assert landing.arguments["x-dead-letter-exchange"] == "reports.x"
     assert landing.arguments["x-dead-letter-routing-key"] == "a.#.b"
     [(_, pattern)] = landing.bindings
@@ -471,3 +472,20 @@ async def test_a_user_who_may_not_declare_the_delay_queues_is_told_so_at_once(
 
     assert time.monotonic() - began < 5, "not retried until the publish deadline"
     assert "s3cret-pw" not in str(refused.value)
+
+
+@pytest.mark.broker
+async def test_a_delay_queue_declared_otherwise_is_a_publish_error_that_says_what_to_do(
+    amqp_url: str, amqp: AmqpClient
+) -> None:
+    await declare_like_the_host(amqp_url, [QUEUE])
+    await amqp.channel.declare_queue(delays.tier_name(0), durable=True)  # classic, no TTL
+
+    try:
+        with pytest.raises(PublishNotSentError, match="delete them") as refused:
+            await publish_task({"task": "work"}, "later", delay=1)
+    finally:
+        await close_publishers()
+
+    assert "rabbitworker.delay.1s" in str(refused.value)
+    assert "QueueConfig" not in str(refused.value)

@@ -143,13 +143,6 @@ async def test_fifty_concurrent_first_delayed_publishes_to_five_keys_declare_onc
 # -- odd destinations ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="landing queues are named rabbitworker.delay.to.<exchange>.<routing key>: two "
-    "destinations whose names join to the same text share one name, and the second one's "
-    "delayed publish raises BrokerTopologyMismatchError (inequivalent x-dead-letter-exchange). "
-    "An unambiguous name needs a naming decision (see the report)",
-)
 async def test_two_destinations_whose_names_join_to_the_same_text_both_get_their_messages(
     start_host: Callable[..., HostProcess], amqp: AmqpClient, broker: Broker
 ) -> None:

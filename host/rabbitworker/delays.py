@@ -92,10 +92,11 @@ class Destination:
 
     @property
     def landing_queue(self) -> str:
-        """``rabbitworker.delay.to.<exchange>.<routing key>``: readable in the management UI
-        (the key instead when that would be longer than a queue name may be, or hold
-        characters one may not: ``*``, non-ASCII letters)."""
-        name = f"{PREFIX}to.{self.exchange or 'amq.default'}.{self.routing_key}"
+        """``rabbitworker.delay.to.<exchange>.<routing key>.<key[:8]>``: readable in the
+        management UI, and unique (``tasks`` + ``a.b`` and ``tasks.a`` + ``b`` read alike);
+        only the key when the name would be longer than a queue name may be, or hold
+        characters one may not (``*``, non-ASCII letters)."""
+        name = f"{PREFIX}to.{self.exchange or 'amq.default'}.{self.routing_key}.{self.key[:8]}"
         if len(name.encode()) <= _MAX_NAME and _QUEUE_NAME.fullmatch(name):
             return name
         return f"{PREFIX}to.{self.key}"

@@ -34,6 +34,7 @@ from rabbitworker import delays, plugins
 from rabbitworker.broker import Connector
 from rabbitworker.errors import (
     BrokerConnectionError,
+    BrokerTopologyMismatchError,
     ExchangeNotFoundError,
     PublishNotSentError,
     PublishRefusedError,
@@ -436,6 +437,13 @@ class TaskPublisher:
                 try:
                     await self._publisher.run_on_channel(declare, within=deadline - loop.time())
                     break
+                except BrokerTopologyMismatchError as exc:
+                    raise PublishNotSentError(
+                        "a delay queue or exchange exists on the broker with other settings "
+                        f"than this version of rabbitworker declares ({exc.__cause__}); nothing "
+                        f"is stored. Move the messages out of the {delays.PREFIX}* queues "
+                        "named there (a shovel) and delete them, so they can be declared anew"
+                    ) from exc
                 except aiormq.exceptions.ChannelAccessRefused as exc:
                     raise PublishRefusedError(
                         f"this user may not declare the delay queues ({exc}); nothing is "
