@@ -453,22 +453,20 @@ class TaskPublisher:
                     ) from exc
                 except (BrokerConnectionError, *_LOST) as exc:
                     if loop.time() + 0.2 >= deadline:
-                        raise PublishNotSentError(
-                            f"the delay queues for {destination.exchange!r}/"
-                            f"{destination.routing_key!r} could not be declared within "
-                            f"{self.settings.publish_timeout:g} s (RABBITWORKER_PUBLISH_TIMEOUT; "
-                            f"last error: {exc}). Nothing is stored; publishing again is safe."
-                        ) from exc
+                        raise self._not_declared(destination, f"last error: {exc}") from exc
                     await asyncio.sleep(0.2)
                 except TimeoutError as exc:
-                    raise PublishNotSentError(
-                        f"the delay queues for {destination.exchange!r}/"
-                        f"{destination.routing_key!r} could not be declared within "
-                        f"{self.settings.publish_timeout:g} s (RABBITWORKER_PUBLISH_TIMEOUT): is "
-                        "the broker reachable? Nothing is stored; publishing again is safe."
-                    ) from exc
+                    raise self._not_declared(destination, "is the broker reachable?") from exc
             self._delays_connection = self._publisher.connection
             self._delays_ready.add(destination)
+
+    def _not_declared(self, destination: delays.Destination, cause: str) -> PublishNotSentError:
+        return PublishNotSentError(
+            f"the delay queues for {destination.exchange!r}/{destination.routing_key!r} could "
+            f"not be declared within {self.settings.publish_timeout:g} s "
+            f"(RABBITWORKER_PUBLISH_TIMEOUT; {cause}). Nothing is stored; publishing again is "
+            "safe."
+        )
 
     async def close(self) -> None:
         await self._publisher.close()
