@@ -155,6 +155,7 @@ async def test_drill_delays_the_publishers_node_stops_mid_stream_of_delayed_publ
     sent: dict[str, Sent] = {}
     errors: dict[str, BaseException] = {}
     halfway = asyncio.Event()
+    stopping = asyncio.Event()
 
     async def publish_all() -> None:
         for index in range(total):
@@ -164,7 +165,10 @@ async def test_drill_delays_the_publishers_node_stops_mid_stream_of_delayed_publ
             except Exception as error:
                 errors[message_id] = error
             if index == total // 3:
+                # Hold the rest of the stream until the stop begins: finding the publisher's
+                # node through the management API can take longer than the whole stream.
                 halfway.set()
+                await stopping.wait()
             await asyncio.sleep(0.01)
 
     try:
@@ -173,6 +177,7 @@ async def test_drill_delays_the_publishers_node_stops_mid_stream_of_delayed_publ
         pub_node = await node_of(
             rabbit_cluster, cluster_vhost, os.getpid(), prefix=PUBLISH_TASK_CONNECTION
         )
+        stopping.set()
         fault = await inject(lambda: rabbit_cluster.stop_node(pub_node))
         await publishing
         try:

@@ -382,6 +382,7 @@ async def test_drill_5_the_publishers_node_stops_mid_stream(
     calls: list[tuple[float, float]] = []
     errors: list[tuple[str, BaseException]] = []
     halfway = asyncio.Event()
+    stopping = asyncio.Event()
 
     async def publish_all() -> None:
         for index, message_id in enumerate(ids):
@@ -394,7 +395,10 @@ async def test_drill_5_the_publishers_node_stops_mid_stream(
                 errors.append((message_id, error))
             calls.append((began, time.monotonic()))
             if index == 300:
+                # The rest waits for the stop to begin: finding the publisher's node
+                # through the management API can outlast the stream.
                 halfway.set()
+                await stopping.wait()
             await asyncio.sleep(0.01)
 
     try:
@@ -403,6 +407,7 @@ async def test_drill_5_the_publishers_node_stops_mid_stream(
         pub_node = await node_of(
             rabbit_cluster, cluster_vhost, os.getpid(), prefix=PUBLISH_TASK_CONNECTION
         )
+        stopping.set()
         fault = await inject(lambda: rabbit_cluster.stop_node(pub_node))
         await publishing
         published_after = sum(1 for began, _ in calls if began >= fault.began)
