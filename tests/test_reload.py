@@ -347,6 +347,53 @@ async def test_a_signal_to_the_reloader_stops_its_host_cleanly_and_leaves_no_pro
     assert host.log_lines(f"the host (pid {pid}) exited with code 0")
 
 
+@pytest.mark.broker
+async def test_a_reloader_killed_with_sigkill_leaves_no_host_behind_and_its_message_is_finished(
+    start_reloader: Callable[[], HostProcess], plugin_source: Path, amqp: AmqpClient
+) -> None:
+    host = start_reloader()
+    [pid] = child_pids(host)
+    await amqp.publish(work(1, sleep=2), "reload", message_id="m-1")
+    await host.wait_for_events("start", 1)
+
+    # SIGKILL cannot be handled: the host must notice by itself that its reloader is gone.
+    host.process.kill()
+    host.process.wait(timeout=5)
+    await async_wait_for(lambda: not alive(pid), within=30, message="the orphaned host exits")
+
+    assert summary(host.events()) == [
+        ("imported", "v1", None),
+        ("start", "v1", 1),
+        ("end", "v1", 1),
+        ("stopped", "v1", None),
+    ]
+    assert host.log_lines("the reloader is gone: stopping the host")
+    assert len(host.log_lines("ACKed message m-1")) == 1
+    assert await amqp.ready("reload.q") == 0, "finished and acked, so nothing comes back"
+
+
+@pytest.mark.broker
+async def test_a_reloader_killed_while_its_host_stops_does_not_make_the_stop_abrupt(
+    start_reloader: Callable[[], HostProcess], plugin_source: Path, amqp: AmqpClient
+) -> None:
+    host = start_reloader()
+    [pid] = child_pids(host)
+    await amqp.publish(work(1, sleep=3), "reload", message_id="m-1")
+    await host.wait_for_events("start", 1)
+    host.process.send_signal(signal.SIGTERM)
+    await host.async_wait_for_log("SIGTERM received: stopping, letting in-flight")
+
+    host.process.kill()
+    host.process.wait(timeout=5)
+    await async_wait_for(lambda: not alive(pid), within=30, message="the host exits")
+
+    assert [e["event"] for e in host.events()] == ["imported", "start", "end", "stopped"]
+    assert not host.log_lines("received again"), "one stop, not an abrupt second one"
+    assert not host.log_lines("the reloader is gone")
+    assert len(host.log_lines("ACKed message m-1")) == 1
+    assert await amqp.ready("reload.q") == 0
+
+
 def test_the_watch_plan_of_a_real_venv_has_both_editable_styles_and_no_copy(
     reload_env: ReloadEnv,
 ) -> None:
@@ -442,6 +489,32 @@ def test_with_nothing_watched_the_reloader_ends_with_its_host(tmp_path: Path) ->
 
     assert reloader.process.wait(timeout=15) == 3
     assert reloader.log_lines("exited with code 3; nothing is watched")
+
+
+#: Runs the Reloader with a host command that cannot be executed.
+UNRUNNABLE = """\
+import asyncio, sys
+from pathlib import Path
+from rabbitworker.logs import setup_logging
+from rabbitworker.reload import Reloader
+
+setup_logging()
+sys.exit(asyncio.run(Reloader(["/nonexistent/bin/python"], [Path(sys.argv[1])], 0.5).run()))
+"""
+
+
+def test_a_host_command_that_cannot_be_executed_is_one_clear_error(tmp_path: Path) -> None:
+    process = subprocess.run(
+        [sys.executable, "-c", UNRUNNABLE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert process.returncode == 127, process.stderr
+    assert "Traceback" not in process.stderr
+    assert "reload: cannot start the host (/nonexistent/bin/python): " in process.stderr
+    assert "No such file or directory" in process.stderr
 
 
 def test_an_empty_plan_says_what_to_install() -> None:

@@ -34,6 +34,7 @@ from rabbitworker.handlers import handlers_running_in_threads
 from rabbitworker.logs import secret_forms, setup_logging
 from rabbitworker.overrides import OverrideError, apply_overrides
 from rabbitworker.plugins import HostPlugins, QueueRegistration, iter_plugin_rows
+from rabbitworker.reload import follow_reloader, run_with_reload
 from rabbitworker.settings import (
     HostSettings,
     describe_errors,
@@ -157,8 +158,6 @@ def run(reload: bool) -> None:
     """
     settings = _settings()
     if reload:
-        from rabbitworker.reload import run_with_reload
-
         sys.exit(run_with_reload(settings))
 
     def start() -> None:
@@ -174,6 +173,7 @@ def run(reload: bool) -> None:
                 "name a module with RABBITWORKER_PLUGINS.",
             )
         host = WorkerHost(settings, plugins, registrations)
+        follow_reloader(lambda: host.stopping)
         logger.info("rabbitworker-host starting on {}", settings.masked_amqp_url)
         _serve(host.run(), settings.event_loop)
 

@@ -93,6 +93,11 @@ class WorkerHost:
             and all(consumer.consuming for consumer in self.consumers)
         )
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested (a signal, or :meth:`request_stop`)."""
+        return self._signals > 0
+
     def request_stop(self, signame: str = "stop request") -> None:
         """First call: stop gracefully. Second call: stop now, abandoning in-flight messages."""
         self._signals += 1

@@ -4,7 +4,8 @@ gracefully, when a source file of an editable-installed plugin changes.
 What is watched is decided by :func:`watch_plan`, a pure function of facts that
 :func:`installed_sources` and :func:`named_modules` gather from the environment (PEP 610's
 ``direct_url.json`` says whether a distribution is editable). :class:`Reloader` runs the
-child and restarts it.
+child and restarts it; :func:`follow_reloader` makes the child stop when the reloader is
+gone, even after a SIGKILL.
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import Distribution, PackageNotFoundError, distribution
 from pathlib import Path
 
 from loguru import logger
-from watchfiles import PythonFilter, awatch
 
 from rabbitworker.plugins import discover_entry_points
 from rabbitworker.settings import HostSettings
@@ -35,6 +37,13 @@ HOST_PACKAGE = "rabbitworker"
 #: Seconds a stopping host gets beyond RABBITWORKER_SHUTDOWN_TIMEOUT (closing its
 #: connections, leaving handlers that ignore cancellation) before it is killed.
 KILL_MARGIN = 10.0
+
+#: Names the host's end of a pipe whose other end only the reloader holds: when the reloader
+#: is gone, however it died, the host reads end-of-file and stops as on SIGTERM.
+LIFELINE_ENV = "RABBITWORKER_RELOADER_FD"
+
+#: A shell's exit code for a command that cannot be executed (not found, not executable).
+CANNOT_EXECUTE = 127
 
 #: The parent's signals and what the host is sent for each. SIGHUP (the terminal closed) is
 #: handled too: the host runs in its own process group, so nothing else would stop it.
@@ -313,10 +322,13 @@ class Reloader:
         self._child: asyncio.subprocess.Process | None = None
         self._signals = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lifeline: int | None = None
 
     async def run(self) -> int:
         """Serve until SIGTERM, SIGINT or SIGHUP; the exit code is the host's last one."""
         loop = asyncio.get_running_loop()
+        # Never written to: closed by the kernel when this process ends, however it ends.
+        self._lifeline, lifeline_writer = os.pipe()
         for sig in FORWARDED_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
         watcher = None
@@ -326,9 +338,12 @@ class Reloader:
             # save is seen even if it comes before the first host is up.
             await asyncio.sleep(0)
         try:
-            await self._start()
+            if not await self._start():
+                return CANNOT_EXECUTE
             return await self._serve()
         finally:
+            os.close(self._lifeline)
+            os.close(lifeline_writer)
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -372,7 +387,8 @@ class Reloader:
             # Saved while the old host was stopping: the new one loads them anyway.
             changed |= self._take_changes()
             forget_bytecode(changed)
-            await self._start()
+            if not await self._start():
+                logger.error("reload: waiting for a change to try again")
 
     def _take_changes(self) -> set[str]:
         changed: set[str] = set()
@@ -385,17 +401,33 @@ class Reloader:
                 break
         return changed
 
-    async def _start(self) -> None:
-        # Its own process group: Ctrl-C reaches only this process, which passes one signal
-        # on; a second one to the host would mean "stop at once".
-        child = await asyncio.create_subprocess_exec(
-            *self._command, stdin=subprocess.DEVNULL, process_group=0
-        )
+    async def _start(self) -> bool:
+        """Start the host; ``False`` (logged) when its command cannot be executed."""
+        assert self._lifeline is not None
+        try:
+            # Its own process group: Ctrl-C reaches only this process, which passes one
+            # signal on; a second one to the host would mean "stop at once".
+            child = await asyncio.create_subprocess_exec(
+                *self._command,
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+                pass_fds=(self._lifeline,),
+                env={**os.environ, LIFELINE_ENV: str(self._lifeline)},
+            )
+        except OSError as exc:
+            logger.error(
+                "reload: cannot start the host ({}): {}. Is this Python environment still "
+                "there? Run the command by hand to see",
+                self._command[0],
+                exc.strerror or exc,
+            )
+            return False
         self._child = child
         logger.info("reload: started the host (pid {})", child.pid)
         task = asyncio.create_task(self._report_exit(child))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
     async def _report_exit(self, child: asyncio.subprocess.Process) -> None:
         await child.wait()
@@ -434,11 +466,40 @@ class Reloader:
             self._child.send_signal(forward)
 
     async def _watch(self) -> None:
+        from watchfiles import PythonFilter, awatch
+
         try:
             async for changes in awatch(*self._directories, watch_filter=PythonFilter()):
                 self._events.put_nowait(_Changed(frozenset(path for _, path in changes)))
         except OSError as exc:
             logger.error("reload: cannot watch for changes any more: {}", exc)
+
+
+def follow_reloader(stopping: Callable[[], bool]) -> None:
+    """In a host started by ``run --reload``: once the reloader is gone, stop as SIGTERM
+    does (in-flight messages finish), unless ``stopping()`` says the host already is (the
+    reloader's own SIGTERM: a second one would mean "stop at once"). A SIGKILLed reloader
+    cannot stop its host, which, in its own process group, would otherwise run on unseen.
+    Does nothing in a host the reloader did not start."""
+    value = os.environ.pop(LIFELINE_ENV, None)
+    if value is None:
+        return
+    try:
+        lifeline = int(value)
+        os.set_inheritable(lifeline, False)
+    except (ValueError, OSError):
+        logger.warning("{}={!r} is not an open file descriptor; ignored", LIFELINE_ENV, value)
+        return
+
+    def wait_for_end_of_file() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(lifeline, 1):
+                pass
+        if not stopping():
+            logger.warning("reload: the reloader is gone: stopping the host")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait_for_end_of_file, name="reloader-lifeline", daemon=True).start()
 
 
 def log_plan(plan: WatchPlan) -> None:
