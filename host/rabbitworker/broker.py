@@ -5,6 +5,10 @@ cluster). Each process shuffles them, so replicas spread over the nodes, then co
 the first that answers. When a connection is lost, the next node is tried straight away;
 only while every node refuses does the wait grow (``reconnect_interval`` doubling up to
 ``reconnect_interval_max``), and it starts short again as soon as any node answers.
+
+The operator's commands (``check --broker``, ``dlq``, the console) take the same list
+through :func:`connect_operator`. Whoever connects, a node that cannot be reached is
+described once, by :func:`describe_connect_failure`: what failed and what to do about it.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ import contextlib
 import os
 import random
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+import aio_pika
+import aio_pika.abc
 import aiormq
 from loguru import logger
 from yarl import URL
@@ -32,6 +39,123 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     RuntimeError,
 )
+
+
+_T = TypeVar("_T")
+
+#: How long an operator's command waits for one node (RABBITWORKER_CONNECT_TIMEOUT's default).
+OPERATOR_CONNECT_TIMEOUT = 10.0
+
+
+def _refused_vhost(exc: BaseException) -> bool:
+    # aiormq keeps only the frame's repr: the broker's reply ("vhost not found" or "access
+    # to vhost refused") is lost, and both mean the same to the operator.
+    return isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc)
+
+
+def _hint(url: URL, exc: BaseException, timeout: float | None) -> str | None:
+    """What to do about ``exc``, read off its shape; ``None`` when it says nothing more."""
+    text = str(exc)
+    user = url.user or "guest"
+    vhost = url.path[1:] or "/"
+    port = url.port
+    tls = url.scheme == "amqps"
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.AuthenticationError):
+        return (
+            f"the broker refused user {user!r}: check the user name and password in the URL "
+            f"(rabbitmqctl authenticate_user {user} <password> tries them)"
+        )
+    if _refused_vhost(exc):
+        return (
+            f"the broker refused to open virtual host {vhost!r}: it does not exist, or user "
+            f"{user!r} may not use it (rabbitmqctl add_vhost {vhost}, then rabbitmqctl "
+            f"set_permissions -p {vhost} {user} '.*' '.*' '.*'), or the URL's path is wrong"
+        )
+    if "WRONG_VERSION_NUMBER" in text:
+        return f"port {port} does not speak TLS: use amqp:// for it, or the broker's TLS port"
+    if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            "the broker's certificate is not trusted (or names another host): name the CA "
+            "that signed it with ?cafile=/path/to/ca.pem in the URL"
+        )
+    closed = isinstance(exc, ConnectionResetError | asyncio.IncompleteReadError) or any(
+        word in text.lower() for word in ("reset by peer", "certificate required", "eof")
+    )
+    if tls and closed and "certfile" not in url.query:
+        return (
+            "the broker closed the TLS connection: if it requires client certificates, add "
+            "certfile=/path/to/client.pem&keyfile=/path/to/client.key to the URL's query"
+        )
+    if tls and closed:
+        return "the broker closed the TLS connection: does it trust the client certificate's CA?"
+    if closed:
+        return f"the connection was closed before the broker spoke: if port {port} is TLS, use amqps://"
+    refused = isinstance(exc, ConnectionRefusedError) or "Connect call failed" in text
+    if refused:
+        return f"nothing accepts connections there: is RabbitMQ running, with AMQP on port {port}?"
+    if isinstance(exc, TimeoutError) and timeout is not None:
+        return (
+            f"no answer within {timeout:g} s (RABBITWORKER_CONNECT_TIMEOUT): is the node "
+            "overloaded, or is a firewall dropping the connection?"
+        )
+    return None
+
+
+def describe_connect_failure(url: str, exc: BaseException, *, timeout: float | None = None) -> str:
+    """``<url, password masked>: <error>: <what to do>`` for one node that did not answer."""
+    text = str(exc)
+    if _refused_vhost(exc):
+        text = "the broker answered Connection.Open with Connection.Close"
+    error = f"{type(exc).__name__}: {text.rstrip('.')}" if text else type(exc).__name__
+    try:
+        hint = _hint(URL(url), exc, timeout)
+    except ValueError:
+        hint = None
+    return f"{mask_url(url)}: {error}" + (f": {hint}" if hint else "")
+
+
+def connect_failure_message(failures: Sequence[str]) -> str:
+    """The error for a connection that no node would take, each node with its own reason."""
+    nodes = (
+        f"{failures[0]}"
+        if len(failures) == 1
+        else f"any of the {len(failures)} nodes: {' | '.join(failures)}"
+    )
+    end = " " if nodes.endswith(("?", ".")) else ". "
+    return (
+        f"cannot connect to {nodes}{end}Set RABBITWORKER_AMQP_URL to the broker (or to "
+        "';'-separated cluster nodes)."
+    )
+
+
+async def first_answering(
+    urls: Sequence[str], dial: Callable[[str], Awaitable[_T]], *, per_node: float
+) -> tuple[int, _T]:
+    """The index of the first of ``urls`` that ``dial`` connects to, each given
+    ``per_node`` seconds, and its connection.
+
+    :raises BrokerConnectionError: none did; names each node and what to do about it.
+    """
+    failures: list[str] = []
+    for index, url in enumerate(urls):
+        try:
+            async with asyncio.timeout(per_node):
+                return index, await dial(url)
+        except CONNECT_ERRORS as exc:
+            failures.append(describe_connect_failure(url, exc, timeout=per_node))
+    raise BrokerConnectionError(connect_failure_message(failures))
+
+
+async def connect_operator(
+    amqp_url: str, *, per_node: float = OPERATOR_CONNECT_TIMEOUT
+) -> aio_pika.abc.AbstractConnection:
+    """An aio-pika connection for an operator's command to the first node of ``amqp_url``
+    (one URL or ``;``-separated nodes, tried in the order given) that answers.
+
+    :raises BrokerConnectionError: no node answered.
+    """
+    _, connection = await first_answering(split_urls(amqp_url), aio_pika.connect, per_node=per_node)
+    return connection
 
 
 def split_urls(value: str) -> list[str]:
@@ -87,29 +211,24 @@ class Connector:
 
         :raises BrokerConnectionError: no node answered; names each node and its error.
         """
-        failures: list[str] = []
-        for _ in range(len(self._nodes)):
-            url = self._nodes[self._next]
-            self._next = (self._next + 1) % len(self._nodes)
-            connection = aiormq.Connection(
-                url, client_properties={"connection_name": connection_name(self.role)}
-            )
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    await connection.connect()
-            except CONNECT_ERRORS as exc:
-                with contextlib.suppress(Exception):
-                    await connection.close()
-                failures.append(f"{mask_url(url)}: {type(exc).__name__}: {exc}")
-                continue
-            self.current = mask_url(url)
-            # Point the next attempt at this node first: it answered last.
-            self._next = (self._next - 1) % len(self._nodes)
-            return connection
-        raise BrokerConnectionError(
-            f"cannot connect to the broker ({'; '.join(failures)}). Is RabbitMQ running "
-            "there? Set RABBITWORKER_AMQP_URL to the broker (or ';'-separated cluster nodes)."
+        order = self._nodes[self._next :] + self._nodes[: self._next]
+        index, connection = await first_answering(order, self._dial, per_node=self.connect_timeout)
+        # The next attempt starts with this node: it answered last.
+        self._next = (self._next + index) % len(self._nodes)
+        self.current = mask_url(self._nodes[self._next])
+        return connection
+
+    async def _dial(self, url: str) -> aiormq.abc.AbstractConnection:
+        connection = aiormq.Connection(
+            url, client_properties={"connection_name": connection_name(self.role)}
         )
+        try:
+            await connection.connect()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        return connection
 
     def failed_over(self) -> None:
         """The current node was lost: the next attempt starts with another node."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import aio_pika
 import aiormq
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractConnection
 
+from rabbitworker.broker import connect_operator
 from rabbitworker.topology import Topology
 
 
@@ -46,7 +46,7 @@ def _role(name: str, topology: Topology) -> str:
 
 async def compare(amqp_url: str, topology: Topology) -> list[EntityStatus]:
     """Report every wanted exchange and queue as found on the broker at ``amqp_url``."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_operator(amqp_url)
     try:
         statuses = [
             await _exchange(connection, spec.name, spec.type)

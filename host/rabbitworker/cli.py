@@ -97,10 +97,12 @@ def _broker(action: Callable[[], Any], settings: HostSettings) -> Any:
     """Run a broker-touching action; an unreachable broker is exit code 4, not a traceback."""
     try:
         return action()
+    except BrokerConnectionError as exc:
+        _fail(str(exc), EXIT_BROKER)
     except (OSError, TimeoutError, aio_pika.exceptions.AMQPConnectionError) as exc:
         _fail(
-            f"cannot connect to {settings.masked_amqp_url}: {type(exc).__name__}: {exc}. "
-            "Is RabbitMQ running? Set RABBITWORKER_AMQP_URL.",
+            f"lost the connection to the broker ({settings.masked_amqp_url}): "
+            f"{type(exc).__name__}: {exc}. Run the command again",
             EXIT_BROKER,
         )
 

@@ -23,6 +23,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from rabbitworker import plugins
+from rabbitworker.broker import connect_operator
 from rabbitworker.delays import without_delay_trace
 from rabbitworker.errors import PublishError
 from rabbitworker.policy import (
@@ -117,7 +118,7 @@ async def _borrowed(
 ) -> AsyncIterator[tuple[AbstractConnection, AbstractChannel, list[AbstractIncomingMessage]]]:
     """Take up to ``limit`` messages unacked; whatever is not acked inside goes back to its
     original position when the block ends."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_operator(amqp_url)
     try:
         channel = await connection.channel()
         try:
@@ -238,7 +239,7 @@ async def _republish(
 
 async def purge(amqp_url: str, dlq: str) -> int:
     """Delete every message in ``dlq``; returns how many there were."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_operator(amqp_url)
     try:
         channel = await connection.channel()
         queue = await channel.declare_queue(dlq, passive=True)

@@ -502,6 +502,7 @@ async def test_drill_6_tls_a_host_with_a_client_certificate_works_one_without_fa
     assert f"localhost:{rabbit_cluster.tls_port}" in output, output[-3000:]
     assert ":guest@" not in output, "the password is masked"
     assert "Traceback" not in output, output[-3000:]
+    assert "if it requires client certificates, add certfile=" in output, output[-3000:]
 
 
 # -- 7 ---------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ class Console:
         self.settings = settings
         self.console = console
         self.rows = iter_plugin_rows(registrations)
-        self.amqp_url = settings.amqp_urls[0]
+        self.amqp_url = settings.amqp_url
         self.management = Management(console.management_url, settings.amqp_url)
         self.sessions = Sessions()
         self.svg = topology_svg(plan_topology(registrations), registrations)

@@ -19,11 +19,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import aio_pika
 import aiormq
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
+from rabbitworker.broker import connect_operator
 from rabbitworker.dlq import DeadLetter
 from rabbitworker.policy import HEADER_EXCEPTION_MESSAGE, HEADER_EXCEPTION_TYPE
 
@@ -155,7 +155,7 @@ async def scan(amqp_url: str, dlq: str, visit: Visitor, *, need: int | None = No
     """Borrow the messages of ``dlq`` in order, at most ``need`` (all when None), showing
     each to ``visit``; every message is back in its place when this returns. Returns the
     DLQ's depth (ready messages) when the scan began."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_operator(amqp_url)
     try:
         channel = await connection.channel()
         try:
