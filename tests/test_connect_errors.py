@@ -55,30 +55,24 @@ def test_an_unknown_vhost_is_named_with_how_to_create_it(
 
 
 @pytest.mark.broker
-def test_a_wrong_password_says_the_user_was_refused_and_never_shows_the_password(
-    run_cli: RunCli, broker: Broker
+@pytest.mark.parametrize(
+    ("scheme", "password", "said"),
+    [
+        ("amqp", SECRET, "refused user 'guest': check the user name and password"),
+        ("amqps", "guest", "port 5672 does not speak TLS: use amqp://"),
+    ],
+    ids=["wrong-password", "tls-to-a-plain-port"],
+)
+def test_a_refused_login_or_tls_to_a_plain_port_says_so_and_never_shows_the_password(
+    run_cli: RunCli, broker: Broker, scheme: str, password: str, said: str
 ) -> None:
-    url = f"amqp://guest:{SECRET}@127.0.0.1:5672/{quote(broker.vhost, safe='')}"
+    url = f"{scheme}://guest:{password}@127.0.0.1:5672/{quote(broker.vhost, safe='')}"
 
     result = run_cli("check", "--broker", amqp_url=url)
 
     assert result.returncode == 4
     no_traceback(result)
-    assert "refused user 'guest'" in result.stderr, result.stderr[-3000:]
-    assert "check the user name and password" in result.stderr
-
-
-@pytest.mark.broker
-def test_tls_to_a_plain_port_says_the_port_does_not_speak_tls(
-    run_cli: RunCli, broker: Broker
-) -> None:
-    url = f"amqps://guest:guest@127.0.0.1:5672/{quote(broker.vhost, safe='')}"
-
-    result = run_cli("check", "--broker", amqp_url=url)
-
-    assert result.returncode == 4
-    no_traceback(result)
-    assert "does not speak TLS" in result.stderr, result.stderr[-3000:]
+    assert said in result.stderr, result.stderr[-3000:]
 
 
 def test_a_closed_port_says_nothing_listens_there(run_cli: RunCli) -> None:
