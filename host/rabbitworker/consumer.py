@@ -412,6 +412,11 @@ class QueueConsumer:
         to be handled again (counted first, on a classic queue)."""
         ledger = self._ledger
         key = message_key(self.config.name, delivery.message_id, message.body)
+        if await self.settler.copy_stored_meanwhile(key):
+            return Decision(
+                Action.ACK,
+                detail="its retry or dead-letter copy was stored after its channel closed",
+            )
         history = await ledger.history(key) if ledger is not None else Counter()
         if history[NoteKind.COPIED]:
             return Decision(

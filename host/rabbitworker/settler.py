@@ -84,6 +84,8 @@ class Settler:
         self._writer: asyncio.Task[None] | None = None
         self._giving_up = asyncio.Event()
         self._copying = 0
+        #: Copies being stored, by ledger key: True once stored, False if not.
+        self._pending_copies: dict[str, asyncio.Future[bool]] = {}
 
     # -- channel epochs --------------------------------------------------------------------
 
@@ -125,6 +127,26 @@ class Settler:
         """Whether ``ticket`` belongs to the channel settled on now."""
         return ticket.epoch == self._epoch and self._channel is not None
 
+    async def copy_stored_meanwhile(self, key: str) -> bool:
+        """Whether a copy of message ``key`` that was still being stored when the broker
+        gave the original back is stored now. Waits for it: until then its ledger note
+        is not written, so the ledger alone would have the original run twice."""
+        pending = self._pending_copies.get(key)
+        return pending is not None and await asyncio.shield(pending)
+
+    def _track_copy(self, key: str, copy: asyncio.Task[str]) -> None:
+        """Let :meth:`copy_stored_meanwhile` wait for ``copy``, until it ends."""
+        pending = asyncio.get_running_loop().create_future()
+        self._pending_copies[key] = pending
+
+        def ended(task: asyncio.Task[str]) -> None:
+            stored = not task.cancelled() and task.exception() is None and task.result() == "stored"
+            pending.set_result(stored)
+            if self._pending_copies.get(key) is pending:
+                del self._pending_copies[key]
+
+        copy.add_done_callback(ended)
+
     def give_up_copies(self) -> None:
         """Shutdown: copies still failing to be stored stop trying; originals stay unacked."""
         self._giving_up.set()
@@ -164,21 +186,20 @@ class Settler:
         )
         # The copy is stored on another connection; a cancellation of this task (the
         # channel closing) must not cut it off half way: wait for it regardless.
+        key = message_key(self.config.name, delivery.message_id, message.body)
         self._copying += 1
         try:
             storing = self._store_copy(message, delivery, decision)
             # In the context the handler ran in, so the publish hooks see what the handler
             # hooks made current (the tracing plugin: the copy's parent span).
             copy = asyncio.get_running_loop().create_task(storing, context=delivery.context)
+            self._track_copy(key, copy)
             stored = await asyncio.shield(copy)
         finally:
             self._copying -= 1
         if stored == "stored":
             if not self.current(ticket):
-                noted = self._ledger is not None and await self._ledger.note(
-                    NoteKind.COPIED,
-                    [message_key(self.config.name, delivery.message_id, message.body)],
-                )
+                noted = self._ledger is not None and await self._ledger.note(NoteKind.COPIED, [key])
                 logger.warning(
                     "[{}] the {} copy of message {} is stored, but its channel closed before "
                     "the original was acked: the broker delivers the original again{}",
