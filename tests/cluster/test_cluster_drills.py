@@ -130,7 +130,9 @@ async def test_drill_1_the_hosts_node_stops_and_it_fails_over_to_another_node(
     # A node taking in-flight messages down with it may have them processed twice (the
     # handler completed, the ack never arrived): at most one prefetch window.
     assert len(result.duplicates) <= prefetch
-    assert resume < 15, f"processing resumed {resume:.1f} s after the node stopped"
+    # The pause, not ``resume``: with no real stall, the longest pause is any hiccup of the
+    # stream (0.13 s when stop_app ended, 5.6 s in), and ``resume`` its place in the stream.
+    assert stall < 15, f"processing stopped for {stall:.1f} s after the node stopped"
 
 
 # -- 2 ---------------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ async def test_drill_2_the_queue_leader_is_lost_and_nothing_is(
     assert not result.left
     assert not result.dead
     assert len(result.duplicates) <= prefetch
-    assert resume < 15, f"processing resumed {resume:.1f} s after the leader was lost"
+    assert stall < 15, f"processing stopped for {stall:.1f} s after the leader was lost"
 
 
 # -- 3 ---------------------------------------------------------------------------------------
