@@ -200,8 +200,11 @@ def test_a_dead_letter_keeps_its_own_deaths_and_loses_the_cascades() -> None:
 # -- on the broker -------------------------------------------------------------------------
 
 
-async def publish_delayed(delays_by_id: dict[int, float]) -> dict[int, float]:
-    """Publish one probe message per id with its delay; the time each call started."""
+async def publish_delayed(
+    delays_by_id: dict[int, float], confirmed: dict[int, float] | None = None
+) -> dict[int, float]:
+    """Publish one probe message per id with its delay; the time each call started (and,
+    into ``confirmed``, the time each returned)."""
     sent: dict[int, float] = {}
     try:
         for message_id, delay in delays_by_id.items():
@@ -212,6 +215,8 @@ async def publish_delayed(delays_by_id: dict[int, float]) -> dict[int, float]:
                 message_id=f"m-{message_id}",
                 delay=delay,
             )
+            if confirmed is not None:
+                confirmed[message_id] = time.monotonic()
     finally:
         await close_publishers()
     return sent
@@ -230,7 +235,8 @@ async def test_each_message_arrives_once_and_never_sooner_than_its_delay(
     host = start_host([{**QUEUE, "prefetch_count": 20}])
     asked = {0: 1, 1: 1.2, 2: 2, 3: 3, 4: 4.5, 5: 5, 6: 6, 7: 7, 8: 0.3, 9: 2.5, 10: 3.7, 11: 6.9}
 
-    sent = await publish_delayed(asked)
+    confirmed: dict[int, float] = {}
+    sent = await publish_delayed(asked, confirmed)
     starts = await host.wait_for_events("start", len(asked), within=30)
     await host.wait_for_events("end", len(asked))
     await asyncio.sleep(1.5)  # anything duplicated would arrive within the tier resolution
@@ -241,7 +247,10 @@ async def test_each_message_arrives_once_and_never_sooner_than_its_delay(
     assert Counter(e["id"] for e in host.events("start")) == Counter(set(asked)), "each once"
     early = {i: round(waited[i], 3) for i in asked if waited[i] < asked[i]}
     assert early == {}, "never sooner than asked"
-    late = {i: round(waited[i], 3) for i in asked if waited[i] > math.ceil(asked[i]) + 2}
+    # Late counts from the confirm: the first call also declares the cascade, which can take
+    # seconds on a loaded machine before anything waits in it.
+    stored = {e["id"]: e["t"] - confirmed[e["id"]] for e in starts}
+    late = {i: round(stored[i], 3) for i in asked if stored[i] > math.ceil(asked[i]) + 2}
     assert late == {}, "within the tier resolution (1 s), plus a margin for a loaded machine"
     assert await amqp.ready(QUEUE["name"]) == 0
     assert set((await delay_queue_depths(amqp)).values()) == {0}, "nothing left waiting"

@@ -61,12 +61,15 @@ async def test_odd_delays_are_never_shorter_than_asked_and_no_longer_than_the_ne
     left = await ready_counts(amqp, [*delay_queue_names(LATER), "later.q"])
     tally = DelayTally(sent, starts_of(host.events()), left | await held_after_stats_settle(broker))
     waited = {i: round(t - sent[i].began, 3) for i, t in tally.first_start().items()}
+    # Lateness counts from the confirm: the first delayed call also declares the cascade
+    # (its 23 quorum queues), which can take seconds on a loaded machine before anything waits.
+    stored = {i: round(t - sent[i].returned, 3) for i, t in tally.first_start().items()}
 
     print("\n" + tally.line("odd delays", waited=waited))
     tally.check()
     # Rounded up to the next whole second, never further (plus the hops and a loaded machine).
-    late = {i: w for i, w in waited.items() if w > math.ceil(asked[i]) + 1}
-    assert late == {}
+    late = {i: w for i, w in stored.items() if w > math.ceil(asked[i]) + 1}
+    assert late == {}, f"waited since the confirm: {stored}"
     assert waited["zero"] < 1, "no delay: published straight to its queue"
     assert waited["a-hair"] >= 1, "the smallest delay is a whole second"
 

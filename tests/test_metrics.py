@@ -4,6 +4,7 @@ and ``/readyz`` answer like Kubernetes probes expect."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from brokertools import AmqpClient, HostProcess, async_wait_for, closed_port, wait_for
@@ -78,11 +79,14 @@ async def test_metrics_count_exactly_the_acked_dead_lettered_and_retried_message
 
 
 async def test_metrics_in_flight_returns_to_zero_once_the_messages_are_handled(
-    start_host: StartHost, amqp: AmqpClient
+    start_host: StartHost, amqp: AmqpClient, tmp_path: Path
 ) -> None:
     port = start_with_metrics(start_host, [{**PROBE_Q, "prefetch_count": 2}])
-    await send(amqp, "probe", "slow-1", "work", sleep=0.5)
-    await send(amqp, "probe", "slow-2", "work", sleep=0.5)
+    # Held in flight until the gauge was seen at 2 (a 0.5 s sleep could be over before a
+    # slow scrape looked).
+    gate = tmp_path / "gate"
+    await send(amqp, "probe", "slow-1", "work", sleep=0.1, gate=str(gate))
+    await send(amqp, "probe", "slow-2", "work", sleep=0.1, gate=str(gate))
 
     def in_flight() -> float:
         return sample(scrape(port), "rabbitworker_messages_in_flight", queue="probe.q")
@@ -93,6 +97,7 @@ async def test_metrics_in_flight_returns_to_zero_once_the_messages_are_handled(
         )
 
     await async_wait_for(lambda: in_flight() == 2, message="2 messages in flight")
+    gate.touch()
     await async_wait_for(lambda: acked() == 2, message="2 acked messages")
 
     assert in_flight() == 0

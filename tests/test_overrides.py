@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from brokertools import AmqpClient, HostProcess, host_env, max_overlap
-from opstools import OTHER_Q, PROBE_Q, cli_json
+from opstools import OTHER_Q, PROBE_Q, cli_json, declare_like_the_host
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -122,11 +122,13 @@ def test_the_queues_table_shows_each_overridden_value_with_its_source(run_cli: R
 
 @pytest.mark.broker
 async def test_the_host_handles_as_many_messages_at_once_as_the_overridden_prefetch(
-    start_host: Callable[..., HostProcess], amqp: AmqpClient
+    amqp_url: str, start_host: Callable[..., HostProcess], amqp: AmqpClient
 ) -> None:
-    host = start_host([PROBE_Q], RABBITWORKER_QUEUES=json.dumps({"probe.q": {"prefetch_count": 3}}))
-
+    # All waiting before the host consumes: published one by one under a running host, the
+    # first could be done before the third arrived on a slow machine.
+    await declare_like_the_host(amqp_url, [PROBE_Q])
     await amqp.publish_work("probe", range(9), sleep=0.2)
+    host = start_host([PROBE_Q], RABBITWORKER_QUEUES=json.dumps({"probe.q": {"prefetch_count": 3}}))
 
     await host.wait_for_events("end", 9)
     assert max_overlap(host.events()) == 3

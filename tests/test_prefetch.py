@@ -11,17 +11,21 @@ from typing import Any
 
 import pytest
 from brokertools import AmqpClient, Broker, HostProcess, async_wait_for, max_overlap
+from opstools import declare_like_the_host
 
 pytestmark = pytest.mark.broker
 
 
 @pytest.mark.parametrize("task", ["work", "work_sync"], ids=["async-def", "plain-def"])
 async def test_prefetch_is_the_ceiling_of_handlers_running_at_once(
-    start_host: Callable[..., HostProcess], amqp: AmqpClient, task: str
+    amqp_url: str, start_host: Callable[..., HostProcess], amqp: AmqpClient, task: str
 ) -> None:
-    host = start_host([{"name": "probe.q", "routing_key": "probe", "prefetch_count": 3}])
-
+    queues = [{"name": "probe.q", "routing_key": "probe", "prefetch_count": 3}]
+    # All waiting before the host consumes: published one by one under a running host, the
+    # first could be done before the third arrived on a slow machine.
+    await declare_like_the_host(amqp_url, queues)
     await amqp.publish_work("probe", range(12), task=task, sleep=0.25)
+    host = start_host(queues)
 
     events = await host.wait_for_events("end", 12)
     assert max_overlap(host.events()) == 3
@@ -41,17 +45,17 @@ async def test_prefetch_one_handles_messages_one_at_a_time(
 
 @pytest.mark.parametrize("task", ["work", "work_sync"], ids=["async-def", "plain-def"])
 async def test_two_queues_have_independent_prefetch(
-    start_host: Callable[..., HostProcess], amqp: AmqpClient, task: str
+    amqp_url: str, start_host: Callable[..., HostProcess], amqp: AmqpClient, task: str
 ) -> None:
-    host = start_host(
-        [
-            {"name": "one.q", "routing_key": "one", "prefetch_count": 1},
-            {"name": "four.q", "routing_key": "four", "prefetch_count": 4},
-        ]
-    )
-
+    queues = [
+        {"name": "one.q", "routing_key": "one", "prefetch_count": 1},
+        {"name": "four.q", "routing_key": "four", "prefetch_count": 4},
+    ]
+    # All waiting before the host consumes (see above).
+    await declare_like_the_host(amqp_url, queues)
     await amqp.publish_work("one", range(3), task=task, sleep=0.3, queue="one.q")
     await amqp.publish_work("four", range(100, 108), task=task, sleep=0.3, queue="four.q")
+    host = start_host(queues)
 
     await host.wait_for_events("end", 11)
     events = host.events()

@@ -84,16 +84,26 @@ async def test_publish_task_raises_within_one_publish_timeout_in_total(
     monkeypatch.setenv("RABBITWORKER_PUBLISH_TIMEOUT", "2")
     await publish_task(BODY, "bound", message_id="warm-up")  # connected before the alarm
 
+    raised_at: list[float] = []
+
+    async def blocked() -> str:
+        try:
+            return await publish_task(BODY, "bound", message_id="blocked")
+        finally:
+            raised_at.append(time.monotonic())
+
     async with memory_alarm():  # no confirm comes while it lasts (6 s)
         started = time.monotonic()
-        attempt = asyncio.create_task(publish_task(BODY, "bound", message_id="blocked"))
+        attempt = asyncio.create_task(blocked())
         await asyncio.sleep(1.0)  # hold the blocked publish, then lose its connection too
         await force_close_connections(broker, PUBLISHER)
         with pytest.raises(PublishError):
             await asyncio.wait_for(attempt, timeout=10)
-        took = time.monotonic() - started
         await asyncio.sleep(max(0.0, 6 - (time.monotonic() - started)))
 
+    # When the call raised, not when the test looked: finding and closing the connection
+    # through the management API may itself take past the 2 s on a loaded machine.
+    took = raised_at[0] - started
     assert took < 2 + 0.7, f"raised after {took:.1f} s with RABBITWORKER_PUBLISH_TIMEOUT=2"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from brokertools import AmqpClient, HostProcess, async_wait_for
@@ -14,10 +15,12 @@ QUEUES = [{"name": "probe.q", "routing_key": "probe", "prefetch_count": 2}]
 
 
 async def test_messages_unacked_by_a_killed_host_are_processed_by_the_next_one(
-    start_host: Callable[..., HostProcess], amqp: AmqpClient
+    start_host: Callable[..., HostProcess], amqp: AmqpClient, tmp_path: Path
 ) -> None:
     first = start_host(QUEUES)
-    await amqp.publish_work("probe", [1, 2], sleep=0.5)
+    # Held until the first host is dead (a sleep could end, and be acked, before the kill).
+    gate = tmp_path / "gate"
+    await amqp.publish_work("probe", [1, 2], sleep=0.1, gate=gate)
     await first.wait_for_events("start", 2)
 
     assert await first.async_stop(signal.SIGKILL) == -signal.SIGKILL
@@ -27,6 +30,7 @@ async def test_messages_unacked_by_a_killed_host_are_processed_by_the_next_one(
         message="the killed host's messages back in the queue",
     )
 
+    gate.touch()
     second = start_host(QUEUES)
     ends = await second.wait_for_events("end", 2)
     assert {e["id"] for e in ends} == {1, 2}

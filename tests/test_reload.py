@@ -468,7 +468,11 @@ def test_a_host_that_does_not_stop_in_time_is_killed_before_the_next_starts(
     try:
         reloader.wait_for_log("stubborn host up")
         (watched / "plugin.py").write_text("X = 1\n")
-        wait_for(lambda: reloader.log.count("stubborn host up") == 2, message="a second host")
+        # The reloader logs a host's pid once it is started, and that host may print first.
+        wait_for(
+            lambda: reloader.log.count("stubborn host up") == 2 and len(child_pids(reloader)) == 2,
+            message="a second host",
+        )
         first, second = child_pids(reloader)
 
         assert reloader.stop(signal.SIGTERM, timeout=15) == 128 + signal.SIGKILL

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from brokertools import AmqpClient, HostProcess
@@ -45,13 +46,22 @@ async def test_in_flight_messages_finish_and_are_acked_before_a_clean_exit(
 
 @pytest.mark.parametrize("sig", STOP_SIGNALS)
 async def test_after_the_signal_no_new_message_is_taken(
-    start_host: Callable[..., HostProcess], amqp: AmqpClient, sig: signal.Signals
+    start_host: Callable[..., HostProcess],
+    amqp: AmqpClient,
+    sig: signal.Signals,
+    tmp_path: Path,
 ) -> None:
     host = start_host([{"name": "probe.q", "routing_key": "probe", "prefetch_count": 2}])
-    await amqp.publish_work("probe", range(5), sleep=0.5)
+    # The two taken wait for the gate, opened only once the host stopped consuming: none of
+    # them is acked (making room for a third) before the signal, however slow the test is.
+    gate = tmp_path / "gate"
+    await amqp.publish_work("probe", range(5), sleep=0.2, gate=gate)
     await host.wait_for_events("start", 2)
 
-    assert await host.async_stop(sig) == 0
+    host.process.send_signal(sig)
+    await host.async_wait_for_log("waiting for 2 in-flight message")
+    gate.touch()
+    assert await host.async_wait_exit() == 0  # one signal: a second one stops at once
 
     assert sorted(e["id"] for e in host.events("start")) == [0, 1]
     assert await amqp.ready("probe.q") == 3

@@ -130,7 +130,9 @@ async def test_drill_1_the_hosts_node_stops_and_it_fails_over_to_another_node(
     # A node taking in-flight messages down with it may have them processed twice (the
     # handler completed, the ack never arrived): at most one prefetch window.
     assert len(result.duplicates) <= prefetch
-    assert resume < 15, f"processing resumed {resume:.1f} s after the node stopped"
+    # The pause, not ``resume``: with no real stall, the longest pause is any hiccup of the
+    # stream (0.13 s when stop_app ended, 5.6 s in), and ``resume`` its place in the stream.
+    assert stall < 15, f"processing stopped for {stall:.1f} s after the node stopped"
 
 
 # -- 2 ---------------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ async def test_drill_2_the_queue_leader_is_lost_and_nothing_is(
     assert not result.left
     assert not result.dead
     assert len(result.duplicates) <= prefetch
-    assert resume < 15, f"processing resumed {resume:.1f} s after the leader was lost"
+    assert stall < 15, f"processing stopped for {stall:.1f} s after the leader was lost"
 
 
 # -- 3 ---------------------------------------------------------------------------------------
@@ -220,6 +222,9 @@ async def test_drill_3_of_two_hosts_on_two_nodes_one_is_killed_and_the_other_doe
         killed_at = time.monotonic()
         victim.process.kill()
         victim.process.wait(timeout=10)
+        # Dead by now, not necessarily at ``killed_at``: the victim may complete a handler
+        # between that reading and the signal (one ends every few ms at this rate).
+        dead_at = time.monotonic()
         await wait_processed(rig, ids, within=120, alive=[survivor])
         assert await survivor.async_stop() == 0, survivor.log[-3000:]
         result = await count(rig, amqp, published)
@@ -253,7 +258,7 @@ async def test_drill_3_of_two_hosts_on_two_nodes_one_is_killed_and_the_other_doe
     # died with it) and again by the survivor; never more than its prefetch.
     assert result.duplicates <= ended_by_victim
     assert len(orphans) <= prefetch
-    assert not [e for e in rig.events("end") if e["pid"] == pid and e["t"] > killed_at]
+    assert not [e for e in rig.events("end") if e["pid"] == pid and e["t"] > dead_at]
 
 
 # -- 4 ---------------------------------------------------------------------------------------
@@ -520,11 +525,16 @@ async def test_drill_7_a_classic_queues_node_stops_the_host_backs_off_and_resume
     home = rabbit_cluster.queue_leader(cluster_vhost, QUEUE)
     host = await rig.start(queues, **FAST_FAILOVER, RABBITWORKER_RECONNECT_INTERVAL_MAX="2")
     ids = [f"d7-{i}" for i in range(total)]
+    # The first 100 run at once; the rest wait for a gate opened once the node is down, so
+    # work is surely left for after it comes back (300 plain ones could all be done before
+    # a slow stop_app took the host's connection).
     async with AmqpClient(rabbit_cluster.amqp_url(home, cluster_vhost)) as amqp:
-        published = await publish_tasks(amqp, "work", ids, sleep=0.1)
+        published = await publish_tasks(amqp, "work", ids[:100], sleep=0.1)
+        published += await publish_tasks(amqp, "work", ids[100:], sleep=0.1, gate="down")
     await rig.wait_events("end", 50, alive=host, within=60)
 
     fault = await inject(lambda: rabbit_cluster.stop_node(home))
+    rig.open_gate("down")
     await asyncio.sleep(outage)
     attempts = host.log.count("lost while setting up")
     window = time.monotonic() - fault.began

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import quote
 
+import aiormq
 import httpx
 import pytest
 from brokertools import AUTH, AmqpClient, Broker
@@ -88,6 +90,29 @@ async def handle_and_tally(
     return DelayTally(sent, starts_of(rig.events()), left | await held_after_stats_settle(broker))
 
 
+def hold_after(
+    monkeypatch: pytest.MonkeyPatch, method: str, count: int, held: Callable[..., bool]
+) -> asyncio.Event:
+    """Let the first ``count`` calls of ``aiormq.Channel.<method>`` for which ``held(*args,
+    **kwargs)`` is true go through, and hold the next ones until the returned event is set:
+    the test's fault then surely lands with that work unfinished, however long the
+    management API takes to deliver it."""
+    original = getattr(aiormq.Channel, method)
+    release = asyncio.Event()
+    passed = 0
+
+    async def holding(self: aiormq.Channel, *args: Any, **kwargs: Any) -> Any:
+        nonlocal passed
+        if not release.is_set() and held(*args, **kwargs):
+            passed += 1
+            if passed > count:
+                await release.wait()
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiormq.Channel, method, holding)
+    return release
+
+
 def outcomes(ids: Sequence[str], results: Sequence[object]) -> dict[str, str]:
     """Each call's outcome by id: ``returned`` or the exception's type; anything but the
     two publish errors fails the test at once."""
@@ -103,7 +128,12 @@ def outcomes(ids: Sequence[str], results: Sequence[object]) -> dict[str, str]:
 
 @pytest.mark.parametrize("close_at", [1, 8])
 async def test_a_connection_closed_while_the_cascade_is_first_declared_loses_nothing(
-    rig: FaultRig, amqp_url: str, amqp: AmqpClient, broker: Broker, close_at: int
+    rig: FaultRig,
+    amqp_url: str,
+    amqp: AmqpClient,
+    broker: Broker,
+    close_at: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await rig.start([fault_queue(prefetch_count=20)])
     ids = [f"s-{i}" for i in range(5)]
@@ -111,6 +141,14 @@ async def test_a_connection_closed_while_the_cascade_is_first_declared_loses_not
         # A plain publish opens the connection, so the closing below can find it at once.
         plain = await publish_delayed({"plain": 0}, ROUTING_KEY)
         connection = await publisher_connection(broker)
+        # The rest of the cascade waits for the close (it takes a fraction of a second: the
+        # management API's answer and the close could come after it, and after the calls).
+        closed = hold_after(
+            monkeypatch,
+            "queue_declare",
+            close_at,
+            lambda queue="", **_: delays.is_delay_queue(queue),
+        )
         began = time.monotonic()
         calls = [
             asyncio.ensure_future(
@@ -123,8 +161,10 @@ async def test_a_connection_closed_while_the_cascade_is_first_declared_loses_not
         )
         await close_connection(broker, connection)
         pending_at_close = sum(not call.done() for call in calls)
+        closed.set()
         results = await asyncio.gather(*calls, return_exceptions=True)
     finally:
+        closed.set()
         await close_publishers()
     returned = time.monotonic()
     outcome = outcomes(ids, results)
@@ -186,7 +226,11 @@ async def test_a_connection_closed_right_after_a_delayed_publish_is_replaced_for
 
 
 async def test_a_connection_closed_under_delayed_publishes_in_flight_loses_none(
-    rig: FaultRig, amqp_url: str, amqp: AmqpClient, broker: Broker
+    rig: FaultRig,
+    amqp_url: str,
+    amqp: AmqpClient,
+    broker: Broker,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await rig.start([fault_queue(prefetch_count=20)])
     ids = [f"f-{i}" for i in range(1000)]
@@ -194,6 +238,9 @@ async def test_a_connection_closed_under_delayed_publishes_in_flight_loses_none(
     try:
         await publish_delayed({"first": 1}, ROUTING_KEY)  # the cascade exists: only publishes
         connection = await publisher_connection(broker)
+        # Half are sent at once; the other half waits for the close. All 1000 could be
+        # confirmed before the management API closed the connection (400 were, unloaded).
+        closed = hold_after(monkeypatch, "basic_publish", 500, lambda *_, **__: True)
         calls = [
             asyncio.ensure_future(
                 publish_task({"task": "work", "payload": {}}, ROUTING_KEY, message_id=i, delay=3)
@@ -208,8 +255,10 @@ async def test_a_connection_closed_under_delayed_publishes_in_flight_loses_none(
         )
         await close_connection(broker, connection)
         done_at_close = sum(call.done() for call in calls)
+        closed.set()
         results = await asyncio.gather(*calls, return_exceptions=True)
     finally:
+        closed.set()
         await close_publishers()
     returned = time.monotonic()
     outcome = outcomes(ids, results)

@@ -23,7 +23,11 @@ async def test_after_a_crash_the_redelivered_message_is_handled_first_and_marked
     queues = [fault_queue(prefetch_count=1, queue_type=queue_type)]
     first = await rig.start(queues)
     ids = [f"o-{i}" for i in range(10)]
-    published = await publish_tasks(amqp, "work", ids, sleep=0.3)
+    # o-3 is held (a gate opened after the kill): with a plain sleep, a test slower than
+    # the sleep killed the host only after o-3 was acked and o-4 taken.
+    published = await publish_tasks(amqp, "work", ids[:3], sleep=0.3)
+    published += await publish_tasks(amqp, "work", ids[3:4], sleep=0.3, gate="crash")
+    published += await publish_tasks(amqp, "work", ids[4:], sleep=0.3)
 
     def third_in_flight() -> bool:
         return any(e["id"] == "o-3" for e in rig.events("start"))
@@ -31,6 +35,7 @@ async def test_after_a_crash_the_redelivered_message_is_handled_first_and_marked
     await poll(third_in_flight, within=15, message="o-3 in flight")
     first.process.kill()
     first.process.wait(timeout=10)
+    rig.open_gate("crash")
 
     async def back_in_queue() -> bool:
         return await amqp.ready(QUEUE) == 7
@@ -60,13 +65,16 @@ async def test_a_message_abandoned_by_clean_shutdowns_beyond_the_delivery_limit_
     for shutdown in range(limit + 1):
         host = await rig.start(queues, RABBITWORKER_SHUTDOWN_TIMEOUT="1")
         if published is None:
-            published = await publish_tasks(amqp, "work", ["slow"], sleep=2.5)
+            # Held until the last host (a gate, not a sleep: however late the SIGTERM
+            # comes, the handler outlives the 1 s shutdown timeout).
+            published = await publish_tasks(amqp, "work", ["slow"], gate="last")
         await rig.wait_events("start", shutdown + 1, alive=host)
         host.process.send_signal(signal.SIGTERM)  # the handler outlives the 1 s timeout
         assert await exit_code(host, within=20) == 0
         assert not rig.handled(), "it was abandoned, not finished"
         assert await amqp.ready(DLQ) == 0, f"dead-lettered after clean shutdown {shutdown + 1}"
 
+    rig.open_gate("last")
     last = await rig.start(queues)
 
     async def outcome() -> str | None:

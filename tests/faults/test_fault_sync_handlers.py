@@ -14,8 +14,10 @@ pytestmark = [pytest.mark.faults, pytest.mark.broker]
 async def test_plain_handlers_within_their_timeout_are_all_acked_none_timed_out(
     rig: FaultRig, amqp: AmqpClient
 ) -> None:
-    host = await rig.start([fault_queue(prefetch_count=4, handler_timeout=0.5)])
-    published = await publish_tasks(amqp, "sleep_sync", [f"p-{i}" for i in range(8)], sleep=0.3)
+    # 0.6 s of a 1 s timeout: a message that had to wait for a busy thread would overrun
+    # (1.2 s), while 0.4 s are left for a loaded machine to wake the thread up.
+    host = await rig.start([fault_queue(prefetch_count=4, handler_timeout=1.0)])
+    published = await publish_tasks(amqp, "sleep_sync", [f"p-{i}" for i in range(8)], sleep=0.6)
 
     async def settled() -> bool:
         return len(rig.handled()) + await amqp.ready(DLQ) >= 8

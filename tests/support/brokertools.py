@@ -304,12 +304,16 @@ class AmqpClient:
         task: str = "work",
         sleep: float = 0,
         queue: str | None = None,
+        gate: Path | None = None,
     ) -> None:
-        """Publish one probe message per id: ``{"task": task, "payload": {...}}``."""
+        """Publish one probe message per id: ``{"task": task, "payload": {...}}``; with
+        ``gate``, the ``work`` handler waits until that file exists."""
         for message_id in ids:
             payload: dict[str, Any] = {"id": message_id, "sleep": sleep}
             if queue is not None:
                 payload["queue"] = queue
+            if gate is not None:
+                payload["gate"] = str(gate)
             await self.publish(
                 {"task": task, "payload": payload}, routing_key, message_id=f"m-{message_id}"
             )

@@ -2,7 +2,8 @@
 
 ``PROBE_CONFIG`` names a JSON file listing queues (``name``, ``routing_key``, optional
 ``prefetch_count``, ``exchange_name``, ``dlx_exchange_name``, ``dlq_name``). Every queue
-handles three tasks: ``work`` (async), ``work_sync`` (plain def) and ``fail`` (raises).
+handles three tasks: ``work`` (async; with ``payload.gate``, a file path, it first waits
+until that file exists), ``work_sync`` (plain def) and ``fail`` (raises).
 Handlers append ``start``/``end`` events to the JSONL file ``PROBE_EVENTS``, so tests read
 what really ran, when, in which process and thread, with which message, and the queue it
 arrived on (``arrived_on``).
@@ -55,6 +56,10 @@ def _record(event: str, message: dict[str, Any]) -> None:
 
 async def work(message: dict[str, Any]) -> str:
     _record("start", message)
+    # ``payload.gate``: a file the test creates when the handler may go on.
+    gate = message.get("payload", {}).get("gate")
+    while gate is not None and not os.path.exists(gate):  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.02)
     await asyncio.sleep(message.get("payload", {}).get("sleep", 0))
     _record("end", message)
     return "done"
