@@ -83,7 +83,6 @@ class Settler:
         self._dirty = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._giving_up = asyncio.Event()
-        self._copying = 0
         #: Copies being stored, by ledger key: True once stored, False if not.
         self._pending_copies: dict[str, asyncio.Future[bool]] = {}
 
@@ -187,16 +186,12 @@ class Settler:
         # The copy is stored on another connection; a cancellation of this task (the
         # channel closing) must not cut it off half way: wait for it regardless.
         key = message_key(self.config.name, delivery.message_id, message.body)
-        self._copying += 1
-        try:
-            storing = self._store_copy(message, delivery, decision)
-            # In the context the handler ran in, so the publish hooks see what the handler
-            # hooks made current (the tracing plugin: the copy's parent span).
-            copy = asyncio.get_running_loop().create_task(storing, context=delivery.context)
-            self._track_copy(key, copy)
-            stored = await asyncio.shield(copy)
-        finally:
-            self._copying -= 1
+        storing = self._store_copy(message, delivery, decision)
+        # In the context the handler ran in, so the publish hooks see what the handler hooks
+        # made current (the tracing plugin: the copy's parent span).
+        copy = asyncio.get_running_loop().create_task(storing, context=delivery.context)
+        self._track_copy(key, copy)
+        stored = await asyncio.shield(copy)
         if stored == "stored":
             if not self.current(ticket):
                 noted = self._ledger is not None and await self._ledger.note(NoteKind.COPIED, [key])
