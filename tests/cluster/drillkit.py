@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -222,3 +223,40 @@ async def wait_processed(
         raise AssertionError(
             f"{error}; {len(missing)} not processed, e.g. {missing[:5]}\n{logs}"
         ) from error
+
+
+async def stop_the_publishers_node_mid_stream(
+    cluster: RabbitCluster,
+    vhost: str,
+    publish: Callable[[int], Awaitable[None]],
+    total: int,
+    *,
+    hold_at: int,
+) -> tuple[str, FaultTimes]:
+    """Call ``publish(0)`` … ``publish(total - 1)`` one after another, 10 ms apart, and stop
+    the node this process's ``publish_task`` connection is on in the middle: the calls after
+    ``hold_at`` wait until the stop begins (finding that node through the management API
+    can outlast the whole stream). Returns the node and the stop's times once every call
+    returned; ``publish`` records its own results and errors."""
+    halfway = asyncio.Event()
+    stopping = asyncio.Event()
+
+    async def publish_all() -> None:
+        for index in range(total):
+            await publish(index)
+            if index == hold_at:
+                halfway.set()
+                await stopping.wait()
+            await asyncio.sleep(0.01)
+
+    publishing = asyncio.ensure_future(publish_all())
+    try:
+        await halfway.wait()
+        node = await node_of(cluster, vhost, os.getpid(), prefix=PUBLISH_TASK_CONNECTION)
+        stopping.set()
+        fault = await inject(lambda: cluster.stop_node(node))
+        await publishing
+    except BaseException:
+        publishing.cancel()
+        raise
+    return node, fault

@@ -30,7 +30,13 @@ from delaytools import (
     ready_counts,
     starts_of,
 )
-from drillkit import FAST_FAILOVER, PUBLISH_TASK_CONNECTION, inject, node_of
+from drillkit import (
+    FAST_FAILOVER,
+    PUBLISH_TASK_CONNECTION,
+    inject,
+    node_of,
+    stop_the_publishers_node_mid_stream,
+)
 from faultkit import QUEUE, ROUTING_KEY, FaultRig, fault_queue, poll
 
 from rabbitworker import close_publishers
@@ -164,32 +170,18 @@ async def test_drill_delays_the_publishers_node_stops_mid_stream_of_delayed_publ
     host_node = await node_of(rabbit_cluster, cluster_vhost, host.process.pid)
     sent: dict[str, Sent] = {}
     errors: dict[str, BaseException] = {}
-    halfway = asyncio.Event()
-    stopping = asyncio.Event()
 
-    async def publish_all() -> None:
-        for index in range(total):
-            message_id = f"dp-{index}"
-            try:
-                sent.update(await publish_delayed({message_id: 2 + index % 5}, ROUTING_KEY))
-            except Exception as error:
-                errors[message_id] = error
-            if index == total // 3:
-                # Hold the rest of the stream until the stop begins: finding the publisher's
-                # node through the management API can take longer than the whole stream.
-                halfway.set()
-                await stopping.wait()
-            await asyncio.sleep(0.01)
+    async def publish(index: int) -> None:
+        message_id = f"dp-{index}"
+        try:
+            sent.update(await publish_delayed({message_id: 2 + index % 5}, ROUTING_KEY))
+        except Exception as error:
+            errors[message_id] = error
 
     try:
-        publishing = asyncio.ensure_future(publish_all())
-        await halfway.wait()
-        pub_node = await node_of(
-            rabbit_cluster, cluster_vhost, os.getpid(), prefix=PUBLISH_TASK_CONNECTION
+        pub_node, fault = await stop_the_publishers_node_mid_stream(
+            rabbit_cluster, cluster_vhost, publish, total, hold_at=total // 3
         )
-        stopping.set()
-        fault = await inject(lambda: rabbit_cluster.stop_node(pub_node))
-        await publishing
         try:
             moved_to = await node_of(
                 rabbit_cluster,

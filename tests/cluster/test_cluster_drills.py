@@ -27,6 +27,7 @@ from drillkit import (
     node_of,
     other_node,
     resume_after,
+    stop_the_publishers_node_mid_stream,
     wait_processed,
 )
 from faultkit import (
@@ -386,35 +387,22 @@ async def test_drill_5_the_publishers_node_stops_mid_stream(
     ids = [f"d5-{i}" for i in range(total)]
     calls: list[tuple[float, float]] = []
     errors: list[tuple[str, BaseException]] = []
-    halfway = asyncio.Event()
-    stopping = asyncio.Event()
 
-    async def publish_all() -> None:
-        for index, message_id in enumerate(ids):
-            began = time.monotonic()
-            try:
-                await rabbitworker.publish_task(
-                    {"task": "work", "payload": {}}, ROUTING_KEY, message_id=message_id
-                )
-            except Exception as error:
-                errors.append((message_id, error))
-            calls.append((began, time.monotonic()))
-            if index == 300:
-                # The rest waits for the stop to begin: finding the publisher's node
-                # through the management API can outlast the stream.
-                halfway.set()
-                await stopping.wait()
-            await asyncio.sleep(0.01)
+    async def publish(index: int) -> None:
+        message_id = ids[index]
+        began = time.monotonic()
+        try:
+            await rabbitworker.publish_task(
+                {"task": "work", "payload": {}}, ROUTING_KEY, message_id=message_id
+            )
+        except Exception as error:
+            errors.append((message_id, error))
+        calls.append((began, time.monotonic()))
 
     try:
-        publishing = asyncio.ensure_future(publish_all())
-        await halfway.wait()
-        pub_node = await node_of(
-            rabbit_cluster, cluster_vhost, os.getpid(), prefix=PUBLISH_TASK_CONNECTION
+        pub_node, fault = await stop_the_publishers_node_mid_stream(
+            rabbit_cluster, cluster_vhost, publish, total, hold_at=300
         )
-        stopping.set()
-        fault = await inject(lambda: rabbit_cluster.stop_node(pub_node))
-        await publishing
         published_after = sum(1 for began, _ in calls if began >= fault.began)
         moved_to = await node_of(
             rabbit_cluster,

@@ -349,16 +349,22 @@ async def force_close_connections(broker: Broker, prefix: str, *, within: float 
         message=f"a connection named {prefix!r}",
     )
     for connection in found:
-        response = await asyncio.to_thread(
-            httpx.delete,
-            f"{broker.api}/connections/{quote(connection['name'], safe='')}",
-            auth=AUTH,
-            timeout=10,
-            headers={"X-Reason": "closed by the fault suite"},
-        )
-        if response.status_code != 404:  # gone already: closed all the same
-            response.raise_for_status()
+        await close_connection(broker, str(connection["name"]))
     return len(found)
+
+
+async def close_connection(broker: Broker, name: str) -> None:
+    """``DELETE /api/connections/{name}`` (the broker's name of it): the broker closes it
+    with CONNECTION_FORCED. One already gone counts as closed."""
+    response = await asyncio.to_thread(
+        httpx.delete,
+        f"{broker.api}/connections/{quote(name, safe='')}",
+        auth=AUTH,
+        timeout=10,
+        headers={"X-Reason": "closed by the fault suite"},
+    )
+    if response.status_code != 404:
+        response.raise_for_status()
 
 
 async def channels_of(broker: Broker, connection_name: str) -> list[dict[str, Any]]:

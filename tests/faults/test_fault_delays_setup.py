@@ -12,12 +12,10 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import quote
 
 import aiormq
-import httpx
 import pytest
-from brokertools import AUTH, AmqpClient, Broker
+from brokertools import AmqpClient, Broker
 from delaytools import (
     DelayTally,
     Sent,
@@ -31,6 +29,7 @@ from faultkit import (
     QUEUE,
     ROUTING_KEY,
     FaultRig,
+    close_connection,
     connections_named,
     fault_queue,
     force_close_connections,
@@ -58,18 +57,6 @@ async def publisher_connection(broker: Broker) -> str:
         lambda: connections_named(broker, PUBLISHER), within=15, message="its connection"
     )
     return str(found["name"])
-
-
-async def close_connection(broker: Broker, name: str) -> None:
-    """``DELETE /api/connections/{name}``: the broker closes it (CONNECTION_FORCED)."""
-    response = await asyncio.to_thread(
-        httpx.delete,
-        f"{broker.api}/connections/{quote(name, safe='')}",
-        auth=AUTH,
-        timeout=10,
-        headers={"X-Reason": "closed by the delay tests"},
-    )
-    response.raise_for_status()
 
 
 async def delay_queues(broker: Broker) -> list[str]:
